@@ -1,0 +1,244 @@
+"""The model registry: architecture names to builders, ``arch.tag`` names, listing and creation.
+
+Every architecture is registered once by decorating its builder with :func:`register_model`.
+The decorator returns the public builder (``backbones.resnet50``), which is a thin call into
+:func:`create_model`, so ``backbones.resnet50(pretrained=True)``, ``create_model("resnet50",
+pretrained=True)`` and the torch.hub entrypoint all take the same path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+__all__ = [
+    "ModelEntry",
+    "UnknownModelError",
+    "create_model",
+    "get_model_entry",
+    "list_models",
+    "list_pretrained",
+    "register_model",
+    "split_model_name",
+]
+
+_MODEL_KINDS = ("classifier", "fpn")
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model or weight tag name that is not registered."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered architecture.
+
+    Attributes:
+        name: The architecture name, e.g. ``"resnet50"``.
+        builder: Builds the bare network from keyword arguments (no weights).
+        family: ``"resnet"``, ``"vgg"``, ``"inception"``; FPN models carry their body's family.
+        kind: ``"classifier"`` (image -> logits) or ``"fpn"`` (image -> feature pyramid).
+        default_cfg: Preprocessing and input defaults used when no weight tag says otherwise.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str
+    kind: str
+    default_cfg: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+_PUBLIC_BUILDER_DOC = """
+    Args:
+        pretrained: ``False`` for random weights; ``True`` for the default weights of this
+            architecture; a weight tag such as ``"tv_in1k"``; or the path of a weights file.
+        **kwargs: Passed to :func:`backbones.create_model` (``features_only``, ``out_indices``,
+            ``progress``) and then to the model class (``num_classes``, ``in_chans``, ...).
+
+    Returns:
+        The model, in training mode like any freshly built ``nn.Module``.
+"""
+
+
+def register_model(
+    *, family: str, kind: str = "classifier", default_cfg: dict[str, Any] | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register an architecture builder under its function name.
+
+    Args:
+        family: The model family (``"resnet"``, ``"vgg"``, ``"inception"``).
+        kind: ``"classifier"`` or ``"fpn"``.
+        default_cfg: Input size, resize/crop, interpolation, mean and std used without weights.
+
+    Returns:
+        A decorator. It records the builder and returns the public builder, which accepts
+        ``pretrained`` and forwards everything to :func:`create_model`.
+
+    Example:
+        >>> @register_model(family="resnet")
+        ... def my_resnet(**kwargs):
+        ...     return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
+    """
+    if kind not in _MODEL_KINDS:
+        raise ValueError(f"kind must be one of {_MODEL_KINDS}, got {kind!r}")
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, family, kind, dict(default_cfg or {}))
+
+        def public_builder(pretrained: bool | str | Path = False, **kwargs: Any) -> nn.Module:
+            return create_model(name, pretrained=pretrained, **kwargs)
+
+        public_builder.__name__ = public_builder.__qualname__ = name
+        public_builder.__module__ = builder.__module__
+        public_builder.__doc__ = (builder.__doc__ or f"Build {name}.").rstrip() + "\n" + _PUBLIC_BUILDER_DOC
+        return public_builder
+
+    return decorate
+
+
+def split_model_name(name: str) -> tuple[str, str | None]:
+    """Split ``"arch.tag"`` into ``("arch", "tag")``; a bare ``"arch"`` gives ``("arch", None)``.
+
+    Example:
+        >>> split_model_name("resnet50.tv2_in1k")
+        ('resnet50', 'tv2_in1k')
+    """
+    arch, _, tag = name.partition(".")
+    return arch, (tag or None)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """Return the registry entry of an architecture (an ``arch.tag`` name is accepted).
+
+    Raises:
+        UnknownModelError: The architecture is not registered; the message lists the closest names.
+    """
+    arch, _ = split_model_name(name)
+    try:
+        return _REGISTRY[arch]
+    except KeyError:
+        raise UnknownModelError(_unknown_name_message("model", arch, list(_REGISTRY))) from None
+
+
+def _unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"registered: {', '.join(known)}"
+    return f"unknown {what} {name!r}: {hint} (backbones.list_models() lists them all)"
+
+
+def list_models(
+    pattern: str | None = None,
+    *,
+    family: str | None = None,
+    kind: str | None = None,
+    pretrained: bool = False,
+) -> list[str]:
+    """List registered architecture names, sorted.
+
+    Args:
+        pattern: A shell-style wildcard such as ``"resnet*"``; ``None`` lists everything.
+        family: Keep only this family (``"resnet"``, ``"vgg"``, ``"inception"``).
+        kind: Keep only ``"classifier"`` or ``"fpn"`` models.
+        pretrained: List ``arch.tag`` names of available weights instead of architectures.
+
+    Example:
+        >>> list_models("resnet*", kind="classifier")
+        ['resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50']
+    """
+    entries = [
+        e for e in _REGISTRY.values() if (family is None or e.family == family) and (kind is None or e.kind == kind)
+    ]
+    if pretrained:
+        archs = {e.name for e in entries}
+        names = [n for n in list_pretrained() if split_model_name(n)[0] in archs]
+    else:
+        names = [e.name for e in entries]
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return sorted(names)
+
+
+def list_pretrained(pattern: str | None = None) -> list[str]:
+    """List the ``arch.tag`` names that have weights in the manifest.
+
+    Example:
+        >>> "resnet50.tv2_in1k" in list_pretrained("resnet50.*")
+        True
+    """
+    from .weights import weight_names
+
+    names = weight_names()
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return sorted(names)
+
+
+def create_model(
+    model_name: str,
+    pretrained: bool | str | Path = False,
+    *,
+    features_only: bool = False,
+    out_indices: Iterable[int] | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, optionally with pretrained weights or as a feature extractor.
+
+    Args:
+        model_name: ``"arch"`` or ``"arch.tag"``, e.g. ``"resnet50"`` or ``"resnet50.tv2_in1k"``.
+            A tag selects that weight's preprocessing config, and its weights when ``pretrained``.
+        pretrained: ``False``; ``True`` (the tag in the name, else the default tag); a tag;
+            or a path to a ``.safetensors`` / ``.pth`` file or a folder made by ``save_pretrained``.
+        features_only: Return a :class:`~backbones.features.FeatureExtractor` whose forward gives
+            an ``OrderedDict`` of stage outputs instead of logits.
+        out_indices: With ``features_only``: which stages of ``model.feature_info`` to return.
+        progress: Show a progress bar while downloading weights.
+        **kwargs: Passed to the model class (``num_classes``, ``in_chans``, ``norm_layer``, ...).
+
+    Returns:
+        The model, in training mode like any freshly built ``nn.Module``.
+
+    Raises:
+        UnknownModelError: The name or tag is not registered (the message suggests close names).
+
+    Example:
+        >>> model = create_model("resnet18", num_classes=10)
+        >>> model(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 10])
+    """
+    from . import weights as weights_mod
+
+    entry = get_model_entry(model_name)
+    arch, tag = split_model_name(model_name)
+    spec = weights_mod.resolve_weight_spec(arch, tag, pretrained)
+    build_kwargs = {**(spec.model_kwargs if spec else {}), **kwargs}
+    model = entry.builder(**build_kwargs)
+    model.pretrained_cfg = weights_mod.pretrained_cfg_for(entry, spec)
+    # What save_pretrained writes to config.json, so from_pretrained can rebuild the same network.
+    model.model_config = {"architecture": arch, **build_kwargs}
+    if pretrained is not False and pretrained is not None:
+        weights_mod.load_pretrained(model, arch, spec, pretrained, progress=progress)
+    if features_only:
+        if entry.kind != "classifier":
+            raise ValueError(
+                f"{arch!r} already returns multi-scale features; features_only applies to "
+                f"classification models such as {arch.removesuffix('_fpn')!r}"
+            )
+        from .features import FeatureExtractor
+
+        model = FeatureExtractor(model, out_indices)
+    elif out_indices is not None:
+        raise ValueError("out_indices only applies with features_only=True")
+    return model

@@ -1,0 +1,149 @@
+"""The model API every classification network shares, and the input check at its boundary."""
+
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into generated
+# code, which TorchScript must be able to read.
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn as nn
+from torch import Tensor
+
+from .features import FeatureInfo
+
+__all__ = ["IMAGENET_DEFAULT_CFG", "Backbone", "check_image_batch"]
+
+IMAGENET_DEFAULT_CFG: dict[str, Any] = {
+    "input_size": (3, 224, 224),
+    "resize_size": 256,
+    "crop_size": 224,
+    "interpolation": "bilinear",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "num_classes": 1000,
+    "class_names": None,
+}
+
+
+def check_image_batch(x: Tensor, in_chans: int, min_size: int) -> Tensor:
+    """Check that ``x`` is a float batch ``[N, in_chans, H, W]`` with H, W >= ``min_size``.
+
+    Models call this first, so a wrong input fails with a message that names the problem and
+    the fix instead of an error from deep inside a convolution.
+
+    Raises:
+        ValueError: Wrong rank, an integer dtype, the wrong channel count, or an image too small.
+
+    Example:
+        >>> check_image_batch(torch.zeros(3, 224, 224), in_chans=3, min_size=32)
+        Traceback (most recent call last):
+        ...
+        ValueError: expected a batch of images [N, 3, H, W], got a 3-D tensor of shape [3, 224, 224]; ...
+    """
+    if x.dim() != 4:
+        raise ValueError(
+            f"expected a batch of images [N, {in_chans}, H, W], got a {x.dim()}-D tensor of shape "
+            f"{list(x.shape)}; a single image needs a batch dimension: x.unsqueeze(0)"
+        )
+    if not x.is_floating_point():
+        raise ValueError(
+            f"expected a floating-point tensor, got {x.dtype}; convert images with x.float() / 255 "
+            f"and normalise them with the mean and std in model.pretrained_cfg"
+        )
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "
+            f"images are channels-first [N, C, H, W]. Repeat a grayscale image to 3 channels or "
+            f"build the model with in_chans={x.shape[1]}"
+        )
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            f"input of {x.shape[2]}x{x.shape[3]} pixels is too small for this network, which needs "
+            f"at least {min_size}x{min_size}; resize or pad the image"
+        )
+    return x
+
+
+# A leaf for torch.fx: the check runs at run time inside feature extractors instead of being
+# evaluated (and failing on proxies) while tracing.
+torch.fx.wrap("check_image_batch")
+
+
+class Backbone(nn.Module):
+    """Base class of the classification networks: one API across VGG, Inception and ResNet.
+
+    Subclasses build their layers, then call :meth:`_set_feature_info`, and implement
+    :meth:`forward_features`. The default head is global average pooling, dropout and the
+    ``fc`` layer; families with another head override :meth:`forward_head` and set
+    ``classifier_name``.
+
+    Attributes:
+        num_classes: Outputs of the classifier (0 after ``reset_classifier(0)``).
+        in_chans: Input channels the first convolution expects.
+        num_features: Channels of ``forward_features``' output.
+        head_hidden_size: Width of the pre-logits features (the final layer's input).
+        feature_info: A :class:`FeatureInfo` (name, channels, stride, module) per stage.
+        min_input_size: The smallest height and width accepted; below it the deepest stage
+            would be degenerate (its stride not honoured) or the network could not compute.
+        pretrained_cfg: Input size, resize/crop, interpolation, mean, std and class names.
+    """
+
+    classifier_name: str = "fc"
+
+    def __init__(self, num_classes: int, in_chans: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = 0
+        self.head_hidden_size = 0
+        self.min_input_size = 1
+        self.feature_info: list[FeatureInfo] = []
+        self.pretrained_cfg: dict[str, Any] = dict(IMAGENET_DEFAULT_CFG, num_classes=num_classes)
+
+    def _set_feature_info(self, feature_info: "list[FeatureInfo]", min_input_size: int = 1) -> None:
+        self.feature_info = list(feature_info)
+        self.num_features = feature_info[-1].channels
+        self.head_hidden_size = self.head_hidden_size or self.num_features
+        self.min_input_size = max(min_input_size, max(f.stride for f in feature_info))
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """Validate an input batch (see :func:`check_image_batch`) and return it unchanged."""
+        return check_image_batch(x, self.in_chans, self.min_input_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Classify a batch ``[N, in_chans, H, W]`` into logits ``[N, num_classes]``."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Run the convolutional trunk: ``[N, C, H, W]`` -> ``[N, num_features, H/32, W/32]``."""
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool and classify trunk features; ``pre_logits=True`` stops before the last layer."""
+        x = torch.flatten(self.avgpool(x), 1)
+        x = self.dropout(x)
+        if pre_logits:
+            return x
+        return self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        """Return the final classification layer."""
+        return self.get_submodule(self.classifier_name)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final layer with a freshly initialised one for ``num_classes`` outputs.
+
+        ``num_classes=0`` removes it: the model then returns pre-logit features.
+
+        Example:
+            >>> model = backbones.create_model("resnet18")
+            >>> model.reset_classifier(10)
+            >>> model(torch.randn(2, 3, 64, 64)).shape
+            torch.Size([2, 10])
+        """
+        self.num_classes = num_classes
+        head = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
+        self.set_submodule(self.classifier_name, head)
+        self.pretrained_cfg = dict(self.pretrained_cfg, num_classes=num_classes, class_names=None)
+        if hasattr(self, "model_config"):
+            self.model_config = dict(self.model_config, num_classes=num_classes)

@@ -1,0 +1,160 @@
+"""Blocks shared by the families: convolution helpers, conv+BN+ReLU, frozen BatchNorm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ConvBnAct",
+    "FrozenBatchNorm2d",
+    "NormLayer",
+    "conv1x1",
+    "conv3x3",
+    "resolve_norm_layer",
+    "same_padding",
+]
+
+NormLayer = Callable[..., nn.Module]
+
+
+def same_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Padding that keeps the spatial size at stride 1: ``dilation * (kernel_size - 1) // 2``.
+
+    Example:
+        >>> same_padding(3), same_padding(7), same_padding(3, dilation=2)
+        (1, 3, 2)
+    """
+    if kernel_size % 2 == 0:
+        raise ValueError(f"'same' padding needs an odd kernel size, got {kernel_size}")
+    return dilation * (kernel_size - 1) // 2
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+    """3x3 convolution without bias (a norm layer follows), padded to keep the size at stride 1."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=stride,
+        padding=same_padding(3, dilation),
+        dilation=dilation,
+        bias=False,
+    )
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without bias: a per-pixel linear map across channels."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters, for fine-tuning detectors.
+
+    Its state-dict keys (weight, bias, running_mean, running_var) are BatchNorm2d's and
+    torchvision's ``FrozenBatchNorm2d``'s, so either checkpoint loads into it. They are buffers,
+    not parameters: no optimizer updates them and no batch statistics are ever computed.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A BatchNorm2d checkpoint carries a step counter that a frozen layer has no use for.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Same arithmetic order as torchvision's FrozenBatchNorm2d, so outputs match bit for bit.
+        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
+        bias = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+        return x * scale + bias
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+_NORM_LAYERS: dict[str, NormLayer] = {
+    "batchnorm": nn.BatchNorm2d,
+    "frozen_batchnorm": FrozenBatchNorm2d,
+}
+
+
+def resolve_norm_layer(norm_layer: str | NormLayer | None, eps: float = 1e-5) -> NormLayer:
+    """Turn a norm-layer option into a constructor ``norm(num_features)``.
+
+    Args:
+        norm_layer: ``None`` or ``"batchnorm"`` (BatchNorm2d), ``"frozen_batchnorm"``, or a
+            callable such as ``nn.BatchNorm2d`` or ``torchvision.ops.FrozenBatchNorm2d``.
+            Names are preferred: they survive ``save_pretrained`` into config.json.
+        eps: The family's epsilon, applied when ``norm_layer`` is given by name.
+
+    Example:
+        >>> resolve_norm_layer("frozen_batchnorm", eps=1e-3)(64)
+        FrozenBatchNorm2d(64, eps=0.001)
+    """
+    if norm_layer is None:
+        norm_layer = "batchnorm"
+    if isinstance(norm_layer, str):
+        try:
+            return partial(_NORM_LAYERS[norm_layer], eps=eps)
+        except KeyError:
+            raise ValueError(
+                f"unknown norm_layer {norm_layer!r}: use one of {sorted(_NORM_LAYERS)} or a callable"
+            ) from None
+    if not callable(norm_layer):
+        raise TypeError(f"norm_layer must be a name or a callable, got {type(norm_layer).__name__}")
+    return norm_layer
+
+
+class ConvBnAct(nn.Module):
+    """Convolution, then BatchNorm, then ReLU: the basic unit of the Inception family.
+
+    With ``norm_layer=None`` the convolution carries a bias and no norm layer is built (the
+    networks without BatchNorm). Submodules are named ``conv`` and ``bn`` as in torchvision.
+
+    Example:
+        >>> ConvBnAct(3, 32, kernel_size=3, stride=2)(torch.randn(1, 3, 299, 299)).shape
+        torch.Size([1, 32, 149, 149])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+        norm_layer: NormLayer | None = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=norm_layer is None
+        )
+        self.bn = nn.Identity() if norm_layer is None else norm_layer(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)

@@ -1,0 +1,18 @@
+"""torch.hub entrypoints of backbones.
+
+Each entrypoint is the package's own public builder, so ``torch.hub.load`` and
+``backbones.create_model`` take the same path and ``torch.hub.help`` shows the same docstring::
+
+    model = torch.hub.load("<org>/backbones", "resnet50", pretrained=True, trust_repo=True)
+    model = torch.hub.load("<org>/backbones", "create_model", "resnet50.tv2_in1k", pretrained=True)
+
+Every entrypoint takes ``pretrained`` (False, True, a weight tag or a file path), ``progress``,
+``num_classes``, ``features_only`` / ``out_indices`` and the model's own options.
+"""
+
+dependencies = ["torch", "safetensors", "huggingface_hub"]
+
+from backbones import create_model  # noqa: E402
+from backbones.resnet import resnet18, resnet34, resnet50, resnet101, resnet152  # noqa: E402
+
+__all__ = ["create_model", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

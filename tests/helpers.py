@@ -1,0 +1,72 @@
+"""Small helpers the tests share: comparisons, inputs and model traversal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+def flatten_outputs(output: object) -> list[Tensor]:
+    """Every tensor in a model output (a tensor, a tuple/named tuple, or a dict of maps)."""
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for value in output.values() for t in flatten_outputs(value)]
+    if isinstance(output, Iterable):
+        return [t for value in output for t in flatten_outputs(value)]
+    raise TypeError(f"unexpected output type {type(output).__name__}")
+
+
+def relative_max_diff(actual: object, expected: object) -> float:
+    """max |actual - expected| over all outputs, divided by max |expected| (the output scale)."""
+    pairs = list(zip(flatten_outputs(actual), flatten_outputs(expected), strict=True))
+    for a, e in pairs:
+        assert a.shape == e.shape, f"shape {tuple(a.shape)} != reference {tuple(e.shape)}"
+    diff = max((a.double() - e.double()).abs().max().item() for a, e in pairs)
+    scale = max(e.double().abs().max().item() for _, e in pairs)
+    return diff / max(scale, 1e-12)
+
+
+def test_input_size(model: nn.Module, preferred: int = 64) -> int:
+    """A small square input size the model accepts (its minimum, or ``preferred`` if larger)."""
+    return max(int(getattr(model, "min_input_size", 1)), preferred)
+
+
+test_input_size.__test__ = False  # a helper, not a test
+
+
+def images(batch: int, height: int, width: int | None = None, channels: int = 3) -> Tensor:
+    return torch.randn(batch, channels, height, width or height)
+
+
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None, cwd: str | None = None, timeout: int = 300):
+    """Run ``code`` in a fresh interpreter of this venv; returns the CompletedProcess (text)."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def copy_checkout(destination) -> None:
+    """Copy this checkout's sources (no venv, git or caches) to ``destination``."""
+    import shutil
+
+    shutil.copytree(
+        REPO_ROOT,
+        destination,
+        ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis"),
+    )

@@ -1,0 +1,78 @@
+"""The reference implementations each of our architectures must reproduce.
+
+torchvision and timm are imported here only: they are references, never runtime dependencies.
+A reference is built with its own random initialisation; its state dict is loaded into ours
+(strict, through backbones.convert for layouts other than torchvision's), and both must then
+compute the same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: test caches key on it
+class Reference:
+    """One reference network for one of our architectures.
+
+    Attributes:
+        arch: Our architecture name.
+        source: ``"torchvision"`` or ``"timm"``.
+        build: Builds the reference with random weights.
+        layout: Key layout of its state dict (what backbones.convert reads).
+        our_kwargs: Options that make our model the same network as this reference.
+        num_params: Canonical parameter count of our model built with ``our_kwargs``.
+    """
+
+    arch: str
+    source: str
+    build: Callable[[], nn.Module]
+    layout: str
+    our_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_params: int | None = None
+
+    @property
+    def id(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.our_kwargs.items())
+        return f"{self.arch}-{self.source}" + (f"[{extra}]" if extra else "")
+
+
+def _torchvision(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+
+    return build
+
+
+def _timm(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+    return build
+
+
+# Parameter counts as torchvision publishes them in its weight metadata.
+RESNET_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+}
+
+REFERENCES: list[Reference] = [
+    *(Reference(a, "torchvision", _torchvision(a), "torchvision", num_params=n) for a, n in RESNET_PARAMS.items()),
+    *(Reference(a, "timm", _timm(a), "timm") for a in RESNET_PARAMS),
+]
+
+
+def references(arch_prefix: str = "") -> list[Reference]:
+    return [r for r in REFERENCES if r.arch.startswith(arch_prefix)]

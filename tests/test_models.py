@@ -1,0 +1,120 @@
+"""Checks every registered model passes: each new model is tested by being registered.
+
+Models are built once per worker (a module-scoped fixture) and handed to each test as a fresh
+copy; inputs are small so that the large networks (VGG) stay quick.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import backbones
+from backbones._registry import get_model_entry
+
+from .helpers import flatten_outputs, relative_max_diff, test_input_size
+
+ALL_MODELS = backbones.list_models()
+
+
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in ALL_MODELS])
+def pristine(request: pytest.FixtureRequest) -> torch.nn.Module:
+    return backbones.create_model(request.param)
+
+
+@pytest.fixture
+def model(pristine: torch.nn.Module) -> torch.nn.Module:
+    return copy.deepcopy(pristine)
+
+
+def _kind(model: torch.nn.Module) -> str:
+    return get_model_entry(model.model_config["architecture"]).kind
+
+
+def _expected_shapes(model: torch.nn.Module, batch: int, height: int, width: int) -> list[tuple[int, ...]]:
+    if _kind(model) == "classifier":
+        return [(batch, model.num_classes)]
+    return [(batch, model.out_channels, -(-height // f.stride), -(-width // f.stride)) for f in model.feature_info]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_forward_gives_the_documented_shapes(model: torch.nn.Module, batch: int) -> None:
+    size = test_input_size(model)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(batch, 3, size, size))
+    assert [tuple(t.shape) for t in flatten_outputs(out)] == _expected_shapes(model, batch, size, size)
+
+
+def test_odd_input_size_runs(model: torch.nn.Module) -> None:
+    height, width = test_input_size(model, 65) + 2, test_input_size(model, 65) + 30
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, height, width))
+    assert [tuple(t.shape) for t in flatten_outputs(out)] == _expected_shapes(model, 1, height, width)
+
+
+def test_batch_of_one_trains(model: torch.nn.Module) -> None:
+    size = test_input_size(model)
+    out = model.train()(torch.randn(1, 3, size, size))
+    assert all(torch.isfinite(t).all() for t in flatten_outputs(out))
+
+
+def test_backward_reaches_every_trainable_parameter(model: torch.nn.Module) -> None:
+    size = test_input_size(model)
+    out = model.train()(torch.randn(2, 3, size, size))
+    sum(t.float().mean() for t in flatten_outputs(out)).backward()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    without_grad = sorted(name for name, p in model.named_parameters() if p.requires_grad and p.grad is None)
+    assert trainable and not without_grad, f"no gradient for {without_grad[:5]}"
+
+
+def test_torchscript_round_trip_gives_the_same_output(model: torch.nn.Module) -> None:
+    model.eval()
+    x = torch.randn(2, 3, test_input_size(model), test_input_size(model))
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        assert relative_max_diff(loaded(x), model(x)) <= 1e-6
+
+
+def test_torch_export_gives_the_same_output(model: torch.nn.Module) -> None:
+    model.eval()
+    x = torch.randn(2, 3, test_input_size(model), test_input_size(model))
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert relative_max_diff(exported.module()(x), model(x)) <= 1e-6
+
+
+def test_channels_last_input_gives_the_same_output(model: torch.nn.Module) -> None:
+    model.eval()
+    x = torch.randn(2, 3, test_input_size(model), test_input_size(model))
+    with torch.no_grad():
+        expected = model(x)
+        got = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    assert relative_max_diff(got, expected) <= 1e-5
+
+
+BAD_INPUTS = {
+    "wrong_channels": (lambda s: torch.randn(1, 4, s, s), r"expected 3 input channels, got 4"),
+    "missing_batch_dim": (lambda s: torch.randn(3, s, s), r"got a 3-D tensor.*unsqueeze\(0\)"),
+    "integer_dtype": (lambda s: torch.zeros(1, 3, s, s, dtype=torch.uint8), r"floating-point.*torch.uint8"),
+    "too_small": (lambda s: torch.randn(1, 3, s - 1, 2 * s), r"too small.*needs at least"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_gets_a_clear_value_error(model: torch.nn.Module, bad) -> None:
+    make_input, message = bad
+    with pytest.raises(ValueError, match=message):
+        model.eval()(make_input(model.min_input_size))
+
+
+def test_minimum_input_size_is_accepted(model: torch.nn.Module) -> None:
+    size = model.min_input_size
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, size, size))
+    assert all(torch.isfinite(t).all() for t in flatten_outputs(out))
