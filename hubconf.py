@@ -14,5 +14,21 @@ dependencies = ["torch", "safetensors", "huggingface_hub"]
 
 from backbones import create_model  # noqa: E402
 from backbones.resnet import resnet18, resnet34, resnet50, resnet101, resnet152  # noqa: E402
+from backbones.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn  # noqa: E402
 
-__all__ = ["create_model", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = [
+    "create_model",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+]

@@ -18,10 +18,12 @@ from .base import Backbone
 from .features import FeatureExtractor, FeatureInfo
 from .layers import FrozenBatchNorm2d
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "VGG",
     "Backbone",
     "BasicBlock",
     "Bottleneck",
@@ -41,4 +43,12 @@ __all__ = [
     "resnet101",
     "resnet152",
     "split_model_name",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
 ]

@@ -70,3 +70,28 @@ def copy_checkout(destination) -> None:
         destination,
         ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis"),
     )
+
+
+_PRISTINE: dict[tuple[str, tuple], nn.Module] = {}
+
+
+def fresh_model(name: str, **kwargs) -> nn.Module:
+    """A freshly built registered model, copied from a per-process cache (VGG takes seconds to build)."""
+    import copy
+
+    import backbones
+
+    key = (name, tuple(sorted(kwargs.items())))
+    if key not in _PRISTINE:
+        if len(_PRISTINE) >= 2:  # VGG is 550 MB; keep at most two around
+            _PRISTINE.pop(next(iter(_PRISTINE)))
+        _PRISTINE[key] = backbones.create_model(name, **kwargs)
+    return copy.deepcopy(_PRISTINE[key])
+
+
+def meta_model(name: str, **kwargs) -> nn.Module:
+    """A registered model built on the meta device: structure and keys only, built instantly."""
+    import backbones
+
+    with torch.device("meta"):
+        return backbones.create_model(name, **kwargs)

@@ -26,6 +26,8 @@ class Reference:
         layout: Key layout of its state dict (what backbones.convert reads).
         our_kwargs: Options that make our model the same network as this reference.
         num_params: Canonical parameter count of our model built with ``our_kwargs``.
+        sizes: Input sizes (height, width) to compare at; the first is the canonical one.
+        batches: Batch sizes to compare at.
     """
 
     arch: str
@@ -34,6 +36,8 @@ class Reference:
     layout: str
     our_kwargs: dict[str, Any] = field(default_factory=dict)
     num_params: int | None = None
+    sizes: tuple[tuple[int, int], ...] = ((224, 224), (193, 257))
+    batches: tuple[int, ...] = (1, 4)
 
     @property
     def id(self) -> str:
@@ -68,9 +72,29 @@ RESNET_PARAMS = {
     "resnet152": 60_192_808,
 }
 
+# VGG is large: batch 1, and a small odd size (the adaptive pool then upsamples 3x4 to 7x7).
+VGG_PARAMS = {
+    "vgg11": 132_863_336,
+    "vgg11_bn": 132_868_840,
+    "vgg13": 133_047_848,
+    "vgg13_bn": 133_053_736,
+    "vgg16": 138_357_544,
+    "vgg16_bn": 138_365_992,
+    "vgg19": 143_667_240,
+    "vgg19_bn": 143_678_248,
+}
+VGG_SIZES = ((224, 224), (97, 129))
+
 REFERENCES: list[Reference] = [
     *(Reference(a, "torchvision", _torchvision(a), "torchvision", num_params=n) for a, n in RESNET_PARAMS.items()),
     *(Reference(a, "timm", _timm(a), "timm") for a in RESNET_PARAMS),
+    *(
+        Reference(a, "torchvision", _torchvision(a), "torchvision", num_params=n, sizes=VGG_SIZES, batches=(1,))
+        for a, n in VGG_PARAMS.items()
+    ),
+    # timm's VGG head is a 7x7 convolution, the same function as ours only at 224x224. Its
+    # dropout defaults to 0; at 0.5 it matches torchvision's classifier in training too.
+    *(Reference(a, "timm", _timm(a, drop_rate=0.5), "timm", sizes=VGG_SIZES[:1], batches=(1,)) for a in VGG_PARAMS),
 ]
 
 

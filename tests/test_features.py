@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from collections import OrderedDict
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 import backbones
+from backbones import FeatureExtractor
 
-from .helpers import relative_max_diff
+from .helpers import fresh_model, meta_model, relative_max_diff
 
 CLASSIFIERS = backbones.list_models(kind="classifier")
 SIZES = {"224": (224, 224), "odd225x301": (225, 301)}
@@ -23,7 +25,7 @@ def _ceil_div(a: int, b: int) -> int:
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_feature_info_matches_the_real_feature_maps(name: str, size: tuple[int, int]) -> None:
-    extractor = backbones.create_model(name, features_only=True).eval()
+    extractor = FeatureExtractor(fresh_model(name)).eval()
     with torch.no_grad():
         features = extractor(torch.randn(1, 3, *size))
     assert isinstance(features, OrderedDict)
@@ -38,9 +40,8 @@ def test_feature_info_matches_the_real_feature_maps(name: str, size: tuple[int, 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_last_stage_equals_forward_features(name: str) -> None:
-    model = backbones.create_model(name).eval()
-    extractor = backbones.create_model(name, features_only=True, out_indices=(-1,)).eval()
-    extractor.load_state_dict(model.state_dict(), strict=False)
+    model = fresh_model(name).eval()
+    extractor = FeatureExtractor(copy.deepcopy(model), out_indices=(-1,)).eval()
     x = torch.randn(1, 3, 96, 96) if model.min_input_size <= 96 else torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         assert torch.equal(next(iter(extractor(x).values())), model.forward_features(x))
@@ -48,8 +49,8 @@ def test_last_stage_equals_forward_features(name: str) -> None:
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_extractor_keeps_the_classifier_state_dict_keys(name: str) -> None:
-    model_keys = set(backbones.create_model(name).state_dict())
-    extractor_keys = set(backbones.create_model(name, features_only=True).state_dict())
+    model_keys = set(meta_model(name).state_dict())
+    extractor_keys = set(meta_model(name, features_only=True).state_dict())
     assert extractor_keys and extractor_keys < model_keys
 
 
@@ -97,8 +98,6 @@ def test_extractor_scripts_and_exports() -> None:
 
 
 def test_extractor_survives_deepcopy() -> None:
-    import copy
-
     extractor = backbones.create_model("resnet18", features_only=True, out_indices=(2, 3))
     clone = copy.deepcopy(extractor)
     assert isinstance(clone, backbones.FeatureExtractor)

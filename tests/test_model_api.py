@@ -7,14 +7,14 @@ import torch
 
 import backbones
 
-from .helpers import test_input_size
+from .helpers import fresh_model, meta_model, test_input_size
 
 CLASSIFIERS = backbones.list_models(kind="classifier")
 CFG_KEYS = {"input_size", "resize_size", "crop_size", "interpolation", "mean", "std", "num_classes", "class_names"}
 
 
 def _eval_model(name: str, **kwargs) -> torch.nn.Module:
-    return backbones.create_model(name, **kwargs).eval()
+    return fresh_model(name, **kwargs).eval()
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
@@ -58,7 +58,7 @@ def test_reset_classifier_to_zero_returns_pre_logits(name: str) -> None:
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_num_classes_zero_builds_no_classifier(name: str) -> None:
-    model = _eval_model(name, num_classes=0)
+    model = meta_model(name, num_classes=0)
     assert isinstance(model.get_classifier(), torch.nn.Identity)
 
 
@@ -72,14 +72,14 @@ def test_in_chans_changes_the_first_convolution(name: str) -> None:
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_pretrained_cfg_describes_the_preprocessing(name: str) -> None:
-    cfg = _eval_model(name).pretrained_cfg
+    cfg = meta_model(name).pretrained_cfg
     assert set(cfg) >= CFG_KEYS
     assert len(cfg["mean"]) == len(cfg["std"]) == cfg["input_size"][0] == 3
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_feature_info_strides_double_and_end_at_the_trunk(name: str) -> None:
-    model = _eval_model(name)
+    model = meta_model(name)
     strides = [f.stride for f in model.feature_info]
     assert strides == sorted(strides) and strides[-1] == 32
     assert model.feature_info[-1].channels == model.num_features
