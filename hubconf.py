@@ -13,11 +13,15 @@ Every entrypoint takes ``pretrained`` (False, True, a weight tag or a file path)
 dependencies = ["torch", "safetensors", "huggingface_hub"]
 
 from backbones import create_model  # noqa: E402
+from backbones.inception import googlenet_v1, inception_v2, inception_v3  # noqa: E402
 from backbones.resnet import resnet18, resnet34, resnet50, resnet101, resnet152  # noqa: E402
 from backbones.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn  # noqa: E402
 
 __all__ = [
     "create_model",
+    "googlenet_v1",
+    "inception_v2",
+    "inception_v3",
     "resnet18",
     "resnet34",
     "resnet50",

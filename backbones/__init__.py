@@ -16,6 +16,7 @@ from ._registry import (
 )
 from .base import Backbone
 from .features import FeatureExtractor, FeatureInfo
+from .inception import GoogLeNet, Inception3, googlenet_loss, googlenet_v1, inception_v2, inception_v3
 from .layers import FrozenBatchNorm2d
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
@@ -30,10 +31,16 @@ __all__ = [
     "FeatureExtractor",
     "FeatureInfo",
     "FrozenBatchNorm2d",
+    "GoogLeNet",
+    "Inception3",
     "ResNet",
     "UnknownModelError",
     "__version__",
     "create_model",
+    "googlenet_loss",
+    "googlenet_v1",
+    "inception_v2",
+    "inception_v3",
     "list_models",
     "list_pretrained",
     "register_model",

@@ -29,9 +29,15 @@ def relative_max_diff(actual: object, expected: object) -> float:
     return diff / max(scale, 1e-12)
 
 
-def test_input_size(model: nn.Module, preferred: int = 64) -> int:
-    """A small square input size the model accepts (its minimum, or ``preferred`` if larger)."""
-    return max(int(getattr(model, "min_input_size", 1)), preferred)
+def test_input_size(model: nn.Module, preferred: int = 64, train: bool = False) -> int:
+    """A small square input size the model accepts (its minimum, or ``preferred`` if larger).
+
+    With ``train``, large enough for auxiliary heads that only run in training (Inception v3's).
+    """
+    minimum = int(getattr(model, "min_input_size", 1))
+    if train:
+        minimum = max(minimum, int(getattr(model, "aux_min_input_size", 0)))
+    return max(minimum, preferred)
 
 
 test_input_size.__test__ = False  # a helper, not a test

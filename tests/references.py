@@ -28,6 +28,7 @@ class Reference:
         num_params: Canonical parameter count of our model built with ``our_kwargs``.
         sizes: Input sizes (height, width) to compare at; the first is the canonical one.
         batches: Batch sizes to compare at.
+        outputs_in_our_order: Reorders the reference's outputs as ours (GoogLeNet's aux heads).
     """
 
     arch: str
@@ -38,6 +39,7 @@ class Reference:
     num_params: int | None = None
     sizes: tuple[tuple[int, int], ...] = ((224, 224), (193, 257))
     batches: tuple[int, ...] = (1, 4)
+    outputs_in_our_order: Callable[[Any], Any] = lambda outputs: outputs
 
     @property
     def id(self) -> str:
@@ -95,6 +97,63 @@ REFERENCES: list[Reference] = [
     # timm's VGG head is a 7x7 convolution, the same function as ours only at 224x224. Its
     # dropout defaults to 0; at 0.5 it matches torchvision's classifier in training too.
     *(Reference(a, "timm", _timm(a, drop_rate=0.5), "timm", sizes=VGG_SIZES[:1], batches=(1,)) for a in VGG_PARAMS),
+]
+
+
+def _googlenet_outputs(outputs: Any) -> Any:
+    # torchvision returns (logits, aux_logits2, aux_logits1); ours is (logits, aux1, aux2).
+    if isinstance(outputs, tuple):
+        return outputs.logits, outputs.aux_logits1, outputs.aux_logits2
+    return outputs
+
+
+GOOGLENET_PARAMS = {True: 13_004_888, False: 6_624_904}  # with and without the auxiliary heads
+INCEPTION_V3_PARAMS = 27_161_264
+# Training with the auxiliary head needs 299x299 or more, and batches of 2 or more.
+INCEPTION_AUX_SIZES = ((299, 299), (307, 331))
+
+REFERENCES += [
+    *(
+        Reference(
+            "googlenet_v1",
+            "torchvision",
+            _torchvision("googlenet", aux_logits=aux, transform_input=transform, init_weights=True),
+            "torchvision",
+            our_kwargs={"aux_logits": aux, "transform_input": transform},
+            num_params=GOOGLENET_PARAMS[aux],
+            outputs_in_our_order=_googlenet_outputs,
+        )
+        for aux in (True, False)
+        for transform in (False, True)
+    ),
+    Reference(
+        "inception_v3",
+        "torchvision",
+        _torchvision("inception_v3", aux_logits=True, init_weights=True),
+        "torchvision",
+        num_params=INCEPTION_V3_PARAMS,
+        sizes=INCEPTION_AUX_SIZES,
+        batches=(2, 4),
+    ),
+    Reference(
+        "inception_v3",
+        "torchvision",
+        _torchvision("inception_v3", aux_logits=False, transform_input=True, init_weights=True),
+        "torchvision",
+        our_kwargs={"aux_logits": False, "transform_input": True},
+        sizes=((299, 299), (193, 257)),
+        batches=(1, 4),
+    ),
+    # timm's inception_v3 has no auxiliary head by default, and no dropout unless asked.
+    Reference(
+        "inception_v3",
+        "timm",
+        _timm("inception_v3", drop_rate=0.5),
+        "timm",
+        our_kwargs={"aux_logits": False},
+        sizes=((299, 299), (193, 257)),
+        batches=(1, 4),
+    ),
 ]
 
 
