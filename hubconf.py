@@ -13,6 +13,18 @@ Every entrypoint takes ``pretrained`` (False, True, a weight tag or a file path)
 dependencies = ["torch", "safetensors", "huggingface_hub"]
 
 from backbones import create_model  # noqa: E402
+from backbones.fpn import (  # noqa: E402
+    googlenet_v1_fpn,
+    inception_v2_fpn,
+    inception_v3_fpn,
+    resnet18_fpn,
+    resnet34_fpn,
+    resnet50_fpn,
+    resnet101_fpn,
+    resnet152_fpn,
+    vgg16_fpn,
+    vgg19_fpn,
+)
 from backbones.inception import googlenet_v1, inception_v2, inception_v3  # noqa: E402
 from backbones.resnet import resnet18, resnet34, resnet50, resnet101, resnet152  # noqa: E402
 from backbones.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn  # noqa: E402
@@ -20,19 +32,29 @@ from backbones.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg
 __all__ = [
     "create_model",
     "googlenet_v1",
+    "googlenet_v1_fpn",
     "inception_v2",
+    "inception_v2_fpn",
     "inception_v3",
+    "inception_v3_fpn",
     "resnet18",
+    "resnet18_fpn",
     "resnet34",
+    "resnet34_fpn",
     "resnet50",
+    "resnet50_fpn",
     "resnet101",
+    "resnet101_fpn",
     "resnet152",
+    "resnet152_fpn",
     "vgg11",
     "vgg11_bn",
     "vgg13",
     "vgg13_bn",
     "vgg16",
     "vgg16_bn",
+    "vgg16_fpn",
     "vgg19",
     "vgg19_bn",
+    "vgg19_fpn",
 ]

@@ -16,6 +16,21 @@ from ._registry import (
 )
 from .base import Backbone
 from .features import FeatureExtractor, FeatureInfo
+from .fpn import (
+    BackboneWithFPN,
+    FeaturePyramidNetwork,
+    fpn_backbone,
+    googlenet_v1_fpn,
+    inception_v2_fpn,
+    inception_v3_fpn,
+    resnet18_fpn,
+    resnet34_fpn,
+    resnet50_fpn,
+    resnet101_fpn,
+    resnet152_fpn,
+    vgg16_fpn,
+    vgg19_fpn,
+)
 from .inception import GoogLeNet, Inception3, googlenet_loss, googlenet_v1, inception_v2, inception_v3
 from .layers import FrozenBatchNorm2d
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
@@ -26,10 +41,12 @@ __version__ = "0.1.0"
 __all__ = [
     "VGG",
     "Backbone",
+    "BackboneWithFPN",
     "BasicBlock",
     "Bottleneck",
     "FeatureExtractor",
     "FeatureInfo",
+    "FeaturePyramidNetwork",
     "FrozenBatchNorm2d",
     "GoogLeNet",
     "Inception3",
@@ -37,18 +54,27 @@ __all__ = [
     "UnknownModelError",
     "__version__",
     "create_model",
+    "fpn_backbone",
     "googlenet_loss",
     "googlenet_v1",
+    "googlenet_v1_fpn",
     "inception_v2",
+    "inception_v2_fpn",
     "inception_v3",
+    "inception_v3_fpn",
     "list_models",
     "list_pretrained",
     "register_model",
     "resnet18",
+    "resnet18_fpn",
     "resnet34",
+    "resnet34_fpn",
     "resnet50",
+    "resnet50_fpn",
     "resnet101",
+    "resnet101_fpn",
     "resnet152",
+    "resnet152_fpn",
     "split_model_name",
     "vgg11",
     "vgg11_bn",
@@ -56,6 +82,8 @@ __all__ = [
     "vgg13_bn",
     "vgg16",
     "vgg16_bn",
+    "vgg16_fpn",
     "vgg19",
     "vgg19_bn",
+    "vgg19_fpn",
 ]

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from torch import Tensor
@@ -62,9 +63,18 @@ def _vgg_to_timm(state_dict: StateDict) -> StateDict:
     return out
 
 
+# torchvision's FPN convolutions moved into Sequential blocks in 0.13 (inner_blocks.0 ->
+# inner_blocks.0.0); its 2019 COCO checkpoints still carry the old keys.
+_LEGACY_FPN_KEY = re.compile(r"^(fpn\.(?:inner|layer)_blocks\.\d+)\.(weight|bias)$")
+
+
 def _fpn_from_detection(state_dict: StateDict) -> StateDict:
     prefix = "backbone."
-    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            out[_LEGACY_FPN_KEY.sub(r"\1.0.\2", key[len(prefix) :])] = value
+    return out
 
 
 def _identity(state_dict: StateDict) -> StateDict:

@@ -11,7 +11,7 @@ import torch.fx
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["FeatureExtractor", "FeatureInfo", "select_feature_info"]
+__all__ = ["FeatureExtractor", "FeatureInfo", "module_stages", "select_feature_info"]
 
 
 class FeatureInfo(NamedTuple):
@@ -82,6 +82,38 @@ class _StageTracer(torch.fx.Tracer):
         return module_qualified_name not in self.containers
 
 
+def _trace_trunk(model: nn.Module, stage_modules: set[str]) -> torch.fx.Graph:
+    # In eval mode: training-only branches (auxiliary heads) are not part of the trunk.
+    was_training = model.training
+    model.eval()
+    try:
+        return _StageTracer(stage_modules).trace(model)
+    finally:
+        model.train(was_training)
+
+
+def module_stages(model: nn.Module) -> dict[str, int]:
+    """Map each module the trunk runs to the index of the ``feature_info`` stage it belongs to.
+
+    A stage owns the modules that run after the previous stage's output up to its own; this
+    is what "train only the last k stages" freezes by (see ``backbones.fpn.fpn_backbone``).
+
+    Example:
+        >>> module_stages(backbones.create_model("resnet50"))
+        {'conv1': 0, 'bn1': 0, 'relu': 0, 'maxpool': 1, 'layer1': 1, 'layer2': 2, 'layer3': 3, 'layer4': 4}
+    """
+    taps = [f.module for f in model.feature_info]
+    stages: dict[str, int] = {}
+    stage = 0
+    for node in _trace_trunk(model, set(taps)).nodes:
+        if node.op != "call_module" or stage >= len(taps):
+            continue
+        stages[node.target] = stage
+        if node.target == taps[stage]:
+            stage += 1
+    return stages
+
+
 class FeatureExtractor(torch.fx.GraphModule):
     """A classification model cut after its last selected stage, returning stage outputs.
 
@@ -108,12 +140,7 @@ class FeatureExtractor(torch.fx.GraphModule):
             raise TypeError(f"{type(model).__name__} has no feature_info; it cannot be cut into stages")
         selected = select_feature_info(model.feature_info, out_indices)
         was_training = model.training
-        # Trace in eval mode: training-only branches (auxiliary heads) are not part of the trunk.
-        model.eval()
-        try:
-            graph = _StageTracer({f.module for f in selected}).trace(model)
-        finally:
-            model.train(was_training)
+        graph = _trace_trunk(model, {f.module for f in selected})
         stage_nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
         output = next(n for n in graph.nodes if n.op == "output")
         with graph.inserting_before(output):

@@ -17,6 +17,7 @@ __all__ = [
     "NormLayer",
     "conv1x1",
     "conv3x3",
+    "freeze_batch_norm",
     "resolve_norm_layer",
     "same_padding",
 ]
@@ -158,3 +159,30 @@ class ConvBnAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` by a :class:`FrozenBatchNorm2d` with its statistics.
+
+    Returns the module (changed in place; a bare ``BatchNorm2d`` comes back as a new module).
+    The epsilon, affine parameters and running statistics are kept, so the eval-mode output
+    is unchanged and state-dict keys stay the same (less ``num_batches_tracked``).
+
+    Example:
+        >>> model = freeze_batch_norm(backbones.create_model("resnet50"))
+    """
+    if isinstance(module, nn.BatchNorm2d):
+        device = next(iter([*module.parameters(), *module.buffers()])).device
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps).to(device)
+        if module.affine:
+            frozen.weight.copy_(module.weight.detach())
+            frozen.bias.copy_(module.bias.detach())
+        if module.track_running_stats:
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        replaced = freeze_batch_norm(child)
+        if replaced is not child:
+            setattr(module, name, replaced)
+    return module

@@ -16,7 +16,8 @@ def test_every_family_is_registered() -> None:
 
 
 def test_list_models_filters_by_wildcard() -> None:
-    assert list_models("resnet1*") == ["resnet101", "resnet152", "resnet18"]
+    assert list_models("resnet1*", kind="classifier") == ["resnet101", "resnet152", "resnet18"]
+    assert list_models("resnet5*") == ["resnet50", "resnet50_fpn"]
 
 
 def test_list_models_filters_by_family_and_kind() -> None:

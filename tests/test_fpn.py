@@ -1,0 +1,170 @@
+"""FPN: torchvision's resnet_fpn_backbone reproduced, the shape contract, detection drop-in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import backbones
+from backbones.convert import convert_state_dict
+from backbones.fpn import FeaturePyramidNetwork, LastLevelP6P7, fpn_backbone
+
+from .helpers import fresh_model, meta_model, relative_max_diff
+
+FPN_MODELS = backbones.list_models(kind="fpn")
+
+
+def _torchvision_resnet_fpn(**kwargs) -> nn.Module:
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    return resnet_fpn_backbone(backbone_name="resnet50", weights=None, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def resnet50_fpn_pair() -> tuple[nn.Module, nn.Module]:
+    theirs = _torchvision_resnet_fpn()
+    ours = backbones.create_model("resnet50_fpn")
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("size", [(224, 224), (225, 301)], ids=["224", "odd225x301"])
+def test_resnet50_fpn_matches_torchvision_resnet_fpn_backbone(resnet50_fpn_pair, size, mode: str) -> None:
+    ours, theirs = resnet50_fpn_pair
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        expected = theirs.train(mode == "train")(x)
+        got = ours.train(mode == "train")(x)
+    assert list(got) == list(expected) == ["0", "1", "2", "3", "pool"]
+    assert relative_max_diff(got, expected) <= 1e-5
+
+
+def test_resnet50_fpn_has_torchvisions_keys() -> None:
+    with torch.device("meta"):
+        expected = set(_torchvision_resnet_fpn().state_dict())
+    assert set(meta_model("resnet50_fpn").state_dict()) == expected
+
+
+@pytest.mark.parametrize("trainable_layers", [0, 1, 2, 3, 4, 5])
+def test_trainable_layers_freeze_what_torchvision_freezes(trainable_layers: int) -> None:
+    with torch.device("meta"):
+        theirs = _torchvision_resnet_fpn(trainable_layers=trainable_layers)
+    ours = meta_model("resnet50_fpn", trainable_layers=trainable_layers)
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in theirs.named_parameters() if p.requires_grad}
+
+
+def test_retinanet_style_p6p7_on_layers_2_to_4_matches_torchvision() -> None:
+    from torchvision.models import resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7 as TorchvisionP6P7
+
+    theirs = _resnet_fpn_extractor(
+        resnet50(norm_layer=FrozenBatchNorm2d), 3, returned_layers=[2, 3, 4], extra_blocks=TorchvisionP6P7(256, 256)
+    ).eval()
+    ours = backbones.create_model("resnet50_fpn", returned_layers=(2, 3, 4), extra_blocks="p6p7").eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, 161, 203)
+    with torch.no_grad():
+        got, expected = ours(x), theirs(x)
+    assert list(got) == list(expected) == ["0", "1", "2", "p6", "p7"]
+    assert relative_max_diff(got, expected) <= 1e-5
+    assert isinstance(ours.fpn.extra_blocks, LastLevelP6P7)
+
+
+def test_feature_pyramid_network_with_norm_matches_torchvision() -> None:
+    from torchvision.ops import FeaturePyramidNetwork as Reference
+
+    channels = [32, 64, 128]
+    theirs = Reference(channels, 48, norm_layer=nn.BatchNorm2d).eval()
+    ours = FeaturePyramidNetwork(channels, 48, norm_layer=nn.BatchNorm2d).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    inputs = [torch.randn(2, c, s, s + 3) for c, s in zip(channels, (33, 17, 9), strict=True)]
+    with torch.no_grad():
+        expected = theirs({str(i): t for i, t in enumerate(inputs)})
+        assert relative_max_diff(ours(inputs), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("size", [(224, 224), (225, 301), (800, 1333)], ids=["224", "odd225x301", "800x1333"])
+def test_feature_info_matches_every_level(size: tuple[int, int]) -> None:
+    model = fresh_model("resnet50_fpn").eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert list(out) == [f.name for f in model.feature_info]
+    for info, level in zip(model.feature_info, out.values(), strict=True):
+        expected = [-(-n // info.stride) for n in size]
+        assert tuple(level.shape) == (1, model.out_channels, *expected), info
+
+
+@pytest.mark.parametrize("name", FPN_MODELS)
+def test_every_fpn_level_has_out_channels_and_its_stride(name: str) -> None:
+    model = fresh_model(name).eval()
+    size = max(model.min_input_size, 128)
+    with torch.no_grad():
+        grown = model(torch.randn(1, 3, size + 64, size + 64))
+        out = model(torch.randn(1, 3, size, size))
+    assert model.out_channels == 256
+    for info, level, bigger in zip(model.feature_info, out.values(), grown.values(), strict=True):
+        assert level.shape[1] == info.channels == 256
+        # 64 more input pixels give 64/stride more pixels at every level.
+        assert bigger.shape[-1] - level.shape[-1] == 64 // info.stride, info
+
+
+def test_bad_trainable_layers_and_extra_blocks_get_clear_errors() -> None:
+    with pytest.raises(ValueError, match="trainable_layers must be between 0 and 5"):
+        backbones.create_model("resnet18_fpn", trainable_layers=6)
+    with pytest.raises(ValueError, match="extra_blocks must be"):
+        backbones.create_model("resnet18_fpn", extra_blocks="p8")
+
+
+def test_features_only_on_an_fpn_model_points_to_its_body() -> None:
+    with pytest.raises(ValueError, match=r"already returns multi-scale features.*'resnet50'"):
+        backbones.create_model("resnet50_fpn", features_only=True)
+
+
+def test_fpn_on_any_family_uses_its_stages() -> None:
+    model = fpn_backbone("vgg11_bn", returned_layers=(2, 3, 4), extra_blocks=None)
+    assert [f.name for f in model.body.feature_info] == ["pool3", "pool4", "pool5"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # frozen by default
+
+
+def _detectors(detector: str):
+    from torchvision.models import detection
+
+    settings = {"min_size": 160, "max_size": 224, "box_score_thresh": 0.0, "box_detections_per_img": 50}
+    reference = getattr(detection, f"{detector}_resnet50_fpn")(weights=None, weights_backbone=None, **settings)
+    cls = {"fasterrcnn": detection.FasterRCNN, "maskrcnn": detection.MaskRCNN}[detector]
+    ours = cls(backbones.create_model("resnet50_fpn"), num_classes=91, **settings)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours.eval(), reference.eval()
+
+
+@pytest.mark.parametrize("detector", ["fasterrcnn", "maskrcnn"])
+def test_torchvision_detector_with_our_backbone_gives_the_same_detections(detector: str) -> None:
+    ours, reference = _detectors(detector)
+    images = [torch.rand(3, 150, 200), torch.rand(3, 181, 163)]
+    with torch.no_grad():
+        got, expected = ours(images), reference(images)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert len(theirs["boxes"]) > 0
+        assert torch.equal(mine["labels"], theirs["labels"])
+        assert torch.allclose(mine["boxes"], theirs["boxes"], atol=1e-4)
+        assert torch.allclose(mine["scores"], theirs["scores"], atol=1e-6)
+        if detector == "maskrcnn":
+            assert torch.allclose(mine["masks"], theirs["masks"], atol=1e-5)
+
+
+def test_coco_detector_checkpoint_converts_to_our_resnet50_fpn() -> None:
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    detector_state = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    # The published checkpoint predates torchvision 0.13 and has the FPN's legacy keys.
+    legacy = {k.replace("fpn.inner_blocks.0.0.", "fpn.inner_blocks.0."): v for k, v in detector_state.items()}
+    for state in (detector_state, legacy):
+        ours = meta_model("resnet50_fpn")
+        converted = convert_state_dict(state, "resnet50_fpn", source="torchvision_detection")
+        result = ours.load_state_dict(converted, strict=False, assign=True)
+        assert not result.missing_keys and not result.unexpected_keys
