@@ -15,6 +15,7 @@ from ._registry import (
     split_model_name,
 )
 from .base import Backbone
+from .download import WeightsError, WeightsIntegrityError, WeightsUnavailableError
 from .features import FeatureExtractor, FeatureInfo
 from .fpn import (
     BackboneWithFPN,
@@ -31,10 +32,13 @@ from .fpn import (
     vgg16_fpn,
     vgg19_fpn,
 )
+from .hub import from_pretrained
 from .inception import GoogLeNet, Inception3, googlenet_loss, googlenet_v1, inception_v2, inception_v3
 from .layers import FrozenBatchNorm2d
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .transforms import transforms_for
 from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
+from .weights import WeightsMismatchError, register_weights
 
 __version__ = "0.1.0"
 
@@ -52,9 +56,14 @@ __all__ = [
     "Inception3",
     "ResNet",
     "UnknownModelError",
+    "WeightsError",
+    "WeightsIntegrityError",
+    "WeightsMismatchError",
+    "WeightsUnavailableError",
     "__version__",
     "create_model",
     "fpn_backbone",
+    "from_pretrained",
     "googlenet_loss",
     "googlenet_v1",
     "googlenet_v1_fpn",
@@ -65,6 +74,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "register_model",
+    "register_weights",
     "resnet18",
     "resnet18_fpn",
     "resnet34",
@@ -76,6 +86,7 @@ __all__ = [
     "resnet152",
     "resnet152_fpn",
     "split_model_name",
+    "transforms_for",
     "vgg11",
     "vgg11_bn",
     "vgg13",

@@ -192,6 +192,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Iterable[int] | None = None,
     progress: bool = True,
+    reinit_head: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, optionally with pretrained weights or as a feature extractor.
@@ -205,6 +206,9 @@ def create_model(
             an ``OrderedDict`` of stage outputs instead of logits.
         out_indices: With ``features_only``: which stages of ``model.feature_info`` to return.
         progress: Show a progress bar while downloading weights.
+        reinit_head: With ``pretrained`` and a ``num_classes`` other than the checkpoint's: load
+            everything but the classifier, which stays freshly initialised (a warning says so).
+            Without it, a class-count mismatch is an error.
         **kwargs: Passed to the model class (``num_classes``, ``in_chans``, ``norm_layer``, ...).
 
     Returns:
@@ -212,6 +216,7 @@ def create_model(
 
     Raises:
         UnknownModelError: The name or tag is not registered (the message suggests close names).
+        WeightsError: Weights were asked for and cannot be obtained, are corrupt, or do not fit.
 
     Example:
         >>> model = create_model("resnet18", num_classes=10)
@@ -229,7 +234,7 @@ def create_model(
     # What save_pretrained writes to config.json, so from_pretrained can rebuild the same network.
     model.model_config = {"architecture": arch, **build_kwargs}
     if pretrained is not False and pretrained is not None:
-        weights_mod.load_pretrained(model, arch, spec, pretrained, progress=progress)
+        weights_mod.load_pretrained(model, arch, spec, pretrained, progress=progress, reinit_head=reinit_head)
     if features_only:
         if entry.kind != "classifier":
             raise ValueError(

@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .features import FeatureInfo
+from .hub import HubMixin
 
 __all__ = ["IMAGENET_DEFAULT_CFG", "Backbone", "check_image_batch"]
 
@@ -69,7 +70,7 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int) -> Tensor:
 torch.fx.wrap("check_image_batch")
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, HubMixin):
     """Base class of the classification networks: one API across VGG, Inception and ResNet.
 
     Subclasses build their layers, then call :meth:`_set_feature_info`, and implement
@@ -89,6 +90,7 @@ class Backbone(nn.Module):
     """
 
     classifier_name: str = "fc"
+    first_conv: str = ""  # state-dict key of the first convolution's weight (adapted for in_chans)
 
     def __init__(self, num_classes: int, in_chans: int) -> None:
         super().__init__()
@@ -129,6 +131,14 @@ class Backbone(nn.Module):
     def get_classifier(self) -> nn.Module:
         """Return the final classification layer."""
         return self.get_submodule(self.classifier_name)
+
+    def head_layer_names(self) -> list[str]:
+        """Names of the layers whose outputs are classes (the classifier and any auxiliary ones)."""
+        return [self.classifier_name] if self.num_classes else []
+
+    def unbuilt_checkpoint_prefixes(self) -> list[str]:
+        """Key prefixes a full checkpoint has and this model, by choice, does not (no classifier)."""
+        return [] if self.num_classes else [self.classifier_name + "."]
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final layer with a freshly initialised one for ``num_classes`` outputs.

@@ -11,6 +11,8 @@ import torch.fx
 import torch.nn as nn
 from torch import Tensor
 
+from .hub import HubMixin
+
 __all__ = ["FeatureExtractor", "FeatureInfo", "module_stages", "select_feature_info"]
 
 
@@ -114,7 +116,7 @@ def module_stages(model: nn.Module) -> dict[str, int]:
     return stages
 
 
-class FeatureExtractor(torch.fx.GraphModule):
+class FeatureExtractor(torch.fx.GraphModule, HubMixin):
     """A classification model cut after its last selected stage, returning stage outputs.
 
     Built by ``create_model(name, features_only=True, out_indices=...)``. Its forward returns an

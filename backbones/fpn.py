@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ._registry import create_model, get_model_entry, register_model
 from .features import FeatureExtractor, FeatureInfo, module_stages, ordered_features
+from .hub import HubMixin
 from .layers import NormLayer, freeze_batch_norm
 
 __all__ = [
@@ -154,7 +155,7 @@ class FeaturePyramidNetwork(nn.Module):
         return ordered_features(names, results)
 
 
-class BackboneWithFPN(nn.Module):
+class BackboneWithFPN(nn.Module, HubMixin):
     """A feature extractor (``body``) followed by a :class:`FeaturePyramidNetwork` (``fpn``).
 
     A drop-in backbone for torchvision's detection models: ``forward`` returns an

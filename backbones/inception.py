@@ -174,7 +174,7 @@ class GoogLeNetAux(nn.Module):
         super().__init__()
         self.conv = ConvBnAct(in_channels, 128, 1, norm_layer=norm)
         self.fc1 = nn.Linear(128 * 4 * 4, 1024)
-        self.fc2 = nn.Linear(1024, num_classes)
+        self.fc2 = nn.Linear(1024, num_classes) if num_classes else nn.Identity()
         self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -300,6 +300,16 @@ class GoogLeNet(Backbone):
         if aux1 is not None and aux2 is not None:
             return GoogLeNetOutputs(logits, aux1, aux2)
         return logits
+
+    first_conv = "conv1.conv.weight"
+
+    def head_layer_names(self) -> list[str]:
+        aux = ["aux1.fc2", "aux2.fc2"] if self.aux1 is not None and self.num_classes else []
+        return super().head_layer_names() + aux
+
+    def unbuilt_checkpoint_prefixes(self) -> list[str]:
+        aux = ["aux1.", "aux2."] if self.aux1 is None else [] if self.num_classes else ["aux1.fc2.", "aux2.fc2."]
+        return super().unbuilt_checkpoint_prefixes() + aux
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier and the auxiliary classifiers' last layers (0 removes them)."""
@@ -435,7 +445,7 @@ class InceptionAux(nn.Module):
         super().__init__()
         self.conv0 = ConvBnAct(in_channels, 128, 1, norm_layer=norm)
         self.conv1 = ConvBnAct(128, 768, 5, norm_layer=norm)
-        self.fc = nn.Linear(768, num_classes)
+        self.fc = nn.Linear(768, num_classes) if num_classes else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(self.conv0(F.avg_pool2d(x, kernel_size=5, stride=3)))
@@ -493,9 +503,11 @@ class Inception3(Backbone):
             self.Conv2d_2a_3x3 = ConvBnAct(32, 32, 3, norm_layer=norm)
             self.Conv2d_2b_3x3 = ConvBnAct(32, 64, 3, padding=1, norm_layer=norm)
             first_stage = "Conv2d_2b_3x3"
+            self.first_conv = "Conv2d_1a_3x3.conv.weight"
         elif stem == "7x7":
             self.Conv2d_1a_7x7 = ConvBnAct(in_chans, 64, 7, stride=2, norm_layer=norm)
             first_stage = "Conv2d_1a_7x7"
+            self.first_conv = "Conv2d_1a_7x7.conv.weight"
         else:
             raise ValueError(f"stem must be '3x3' (Inception v3) or '7x7' (Inception v2), got {stem!r}")
         self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2)
@@ -564,11 +576,20 @@ class Inception3(Backbone):
             return InceptionOutputs(logits, aux)
         return logits
 
+    def head_layer_names(self) -> list[str]:
+        aux = ["AuxLogits.fc"] if self.AuxLogits is not None and self.num_classes else []
+        return super().head_layer_names() + aux
+
+    def unbuilt_checkpoint_prefixes(self) -> list[str]:
+        aux = ["AuxLogits."] if self.AuxLogits is None else [] if self.num_classes else ["AuxLogits.fc."]
+        return super().unbuilt_checkpoint_prefixes() + aux
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier and the auxiliary classifier's last layer (0 removes them)."""
         super().reset_classifier(num_classes)
         if self.AuxLogits is not None:
-            self.AuxLogits.fc = nn.Linear(self.AuxLogits.fc.in_features, num_classes) if num_classes else nn.Identity()
+            width = self.AuxLogits.conv1.conv.out_channels
+            self.AuxLogits.fc = nn.Linear(width, num_classes) if num_classes else nn.Identity()
 
 
 def _check_aux_input(x: Tensor, min_size: int, min_batch: int) -> None:

@@ -124,6 +124,8 @@ class ResNet(Backbone):
         ('layer4', 2048, 32)
     """
 
+    first_conv = "conv1.weight"
+
     def __init__(
         self,
         block: ResidualBlock,

@@ -65,6 +65,7 @@ class VGG(Backbone):
     """
 
     classifier_name = "classifier.6"
+    first_conv = "features.0.weight"
 
     def __init__(
         self,
