@@ -256,7 +256,10 @@ def _first_tensor(output: Any) -> Tensor | None:
 
 
 def summary(
-    model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), depth: int = 2, device: str | torch.device = "cpu"
+    model: nn.Module,
+    input_size: Sequence[int] = (1, 3, 224, 224),
+    depth: int = 2,
+    device: str | torch.device | None = None,
 ) -> ModelSummary:
     """Run ``model`` once on zeros of ``input_size`` and tabulate its layers down to ``depth``.
 
@@ -264,7 +267,9 @@ def summary(
         model: Any module (it is run in eval mode, then its mode is restored).
         input_size: The input batch shape, e.g. ``(1, 3, 224, 224)``.
         depth: How deep to list nested modules (0: only the model's direct children).
-        device: Where to run it.
+        device: Where to run it; by default where the model's parameters are. A model built on
+            the meta device (``with torch.device("meta"): ...``) is summarised without any
+            arithmetic or weight memory.
 
     Returns:
         A :class:`ModelSummary`; ``print()`` it for the table.
@@ -298,6 +303,8 @@ def summary(
     leaves = {m for m in names if not any(True for _ in m.children())}
     handles = [m.register_forward_pre_hook(pre_hook) for m in listed]
     handles += [m.register_forward_hook(hook) for m in listed | leaves]
+    if device is None:
+        device = next(iter([*model.parameters(), torch.empty(0)])).device
     x = torch.zeros(input_size, device=device)
     try:
         with torch.no_grad(), FlopCounterMode(display=False, depth=None) as flops, tracker:

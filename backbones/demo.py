@@ -1,43 +1,138 @@
-"""The main job behind ``make demo``: load a backbone through torch.hub from this checkout and run it."""
+"""The main job behind ``make demo``: resnet50_fpn through torch.hub from this checkout, on a sample image.
+
+It works offline on a fresh machine: without cached or reachable weights it says so and runs
+with random weights. It prints the network summary, the pyramid's names, shapes and strides and
+a throughput figure, writes a picture of every pyramid level, and, when resnet50's ImageNet
+weights are available, the top-5 classes of the sample image.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "sample_image"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_SIZE = (480, 640)
 
 
-def sample_image(size: int = 224) -> torch.Tensor:
-    """A deterministic synthetic RGB image in [0, 1]: shapes and gradients with some structure."""
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    disc = ((xs + 0.3) ** 2 + (ys + 0.2) ** 2 < 0.2).float()
-    square = ((xs - 0.4).abs() < 0.25).float() * ((ys - 0.35).abs() < 0.25).float()
-    stripes = 0.5 + 0.5 * torch.sin(12 * xs + 6 * ys)
-    return torch.stack([0.6 * disc + 0.4 * stripes, 0.8 * square + 0.2 * stripes, 0.5 + 0.5 * ys]).clamp(0, 1)
+def sample_image(size: tuple[int, int] = SAMPLE_SIZE) -> torch.Tensor:
+    """A deterministic synthetic RGB scene in [0, 1], ``[3, H, W]``: sky, ground, a sun, boxes, stripes.
+
+    Generated rather than shipped, so the project owns it outright.
+    """
+    height, width = size
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    sky = torch.stack([0.35 + 0.3 * ys, 0.55 + 0.25 * ys, 0.95 - 0.2 * ys])
+    ground = torch.stack([0.3 + 0.1 * xs, 0.5 - 0.1 * ys, 0.2 + 0.0 * xs])
+    image = torch.where(ys > 0.62, ground, sky)
+    sun = ((xs - 0.8) ** 2 + ((ys - 0.2) * height / width) ** 2) < 0.006
+    image[:, sun] = torch.tensor([1.0, 0.9, 0.3])[:, None]
+    for left, top, w, h, colour in ((0.1, 0.45, 0.18, 0.3, (0.7, 0.2, 0.2)), (0.4, 0.5, 0.25, 0.2, (0.2, 0.3, 0.7))):
+        box = (xs > left) & (xs < left + w) & (ys > top) & (ys < top + h)
+        image[:, box] = torch.tensor(colour)[:, None]
+    stripes = (ys > 0.8) & (torch.sin(xs * 60) > 0)
+    image[:, stripes] *= 0.6
+    return image.clamp(0, 1)
 
 
-def run_demo(out_dir: str | Path = "demo_out") -> None:
-    """Load resnet50 through torch.hub's own code (this checkout), run it on a sample image, report."""
-    model = torch.hub.load(str(REPO_ROOT), "create_model", "resnet50", features_only=True, source="local")
-    model.eval()
-    image = sample_image()
-    cfg = model.pretrained_cfg
-    x = ((image - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None])[None]
+def _hub_load(entrypoint: str, **kwargs: Any) -> torch.nn.Module:
+    if (REPO_ROOT / "hubconf.py").exists():
+        return torch.hub.load(str(REPO_ROOT), entrypoint, source="local", **kwargs)
+    from . import create_model  # an installed package without its checkout: same builder
+
+    return create_model(entrypoint, **kwargs)
+
+
+def _choose_weights(name: str) -> tuple[bool, str]:
+    from ._registry import split_model_name
+    from .weights import get_weight_spec, weights_obtainable
+
+    return weights_obtainable(get_weight_spec(*split_model_name(name)))
+
+
+def _throughput(model: torch.nn.Module, x: torch.Tensor, seconds: float = 2.0) -> float:
     with torch.inference_mode():
-        features = model(x)
-        start = time.perf_counter()
-        runs = 3
-        for _ in range(runs):
+        model(x)  # warm-up
+        runs, start = 0, time.perf_counter()
+        while runs < 3 or time.perf_counter() - start < seconds:
             model(x)
-        per_image = (time.perf_counter() - start) / runs
-    print("weights: random initialisation (no pretrained weights requested)")
-    print(f"{'stage':<8} {'shape':<22} stride")
-    for info, fmap in zip(model.feature_info, features.values(), strict=False):
-        print(f"{info.name:<8} {tuple(fmap.shape)!s:<22} {info.stride}")
-    print(f"throughput: {1 / per_image:.1f} images/s (batch 1, {torch.get_num_threads()} threads)")
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+            runs += 1
+    return runs * x.shape[0] / (time.perf_counter() - start)
+
+
+def run_demo(out_dir: str | Path = "demo_out", seconds: float = 2.0) -> dict[str, Any]:
+    """Run the demo, print its report and return the figures (for tests).
+
+    Args:
+        out_dir: Where the feature picture goes.
+        seconds: How long to time the network for the throughput figure.
+    """
+    from .analysis import summary
+    from .transforms import resolve_pretrained_cfg
+    from .visualize import save_feature_picture
+
+    out_dir = Path(out_dir)
+    print("backbones demo: resnet50_fpn loaded through torch.hub from this checkout (source='local')")
+    usable, reason = _choose_weights("resnet50_fpn.tv_coco")
+    model = _hub_load("resnet50_fpn", pretrained="tv_coco" if usable else False).eval()
+    print(
+        f"weights: {'resnet50_fpn.tv_coco (COCO Faster R-CNN backbone)' if usable else 'random initialisation'}"
+        f" ({reason})"
+    )
+
+    image = sample_image()
+    cfg = resolve_pretrained_cfg(model)
+    mean, std = torch.tensor(cfg["mean"])[:, None, None], torch.tensor(cfg["std"])[:, None, None]
+    x = ((image - mean) / std)[None]
+    print()
+    print(summary(model, tuple(x.shape), depth=1))
+    with torch.inference_mode():
+        pyramid = model(x)
+    print(f"\npyramid of the {x.shape[2]}x{x.shape[3]} sample image:")
+    for info, level in zip(model.feature_info, pyramid.values(), strict=True):
+        print(f"  {info.name:<5} {tuple(level.shape)!s:<22} stride {info.stride}")
+    rate = _throughput(model, x, seconds)
+    print(
+        f"throughput: {rate:.2f} images/s (batch 1, {x.shape[2]}x{x.shape[3]}, {torch.get_num_threads()} threads,"
+        " eager fp32)"
+    )
+    picture = save_feature_picture(
+        out_dir / "features.png", image, {k: v[0] for k, v in pyramid.items()}, [f.stride for f in model.feature_info]
+    )
+    print(f"feature picture: {picture}")
+
+    top5 = _classify(image)
+    return {
+        "weights": reason,
+        "pyramid": {k: tuple(v.shape) for k, v in pyramid.items()},
+        "throughput": rate,
+        "picture": picture,
+        "top5": top5,
+    }
+
+
+def _classify(image: torch.Tensor) -> list[tuple[str, float]] | None:
+    usable, reason = _choose_weights("resnet50")
+    if not usable:
+        print(
+            f"resnet50 top-5: skipped, no ImageNet weights ({reason}); "
+            "`python -m backbones download resnet50` fetches them"
+        )
+        return None
+    from .transforms import transforms_for
+
+    model = _hub_load("resnet50", pretrained=True).eval()
+    with torch.inference_mode():
+        probabilities = model(transforms_for(model)(image)[None]).softmax(dim=1)[0]
+    top = probabilities.topk(5)
+    names = model.pretrained_cfg["class_names"]
+    result = [(names[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+    print(f"resnet50 top-5 ({model.pretrained_cfg['weights']}, {reason}):")
+    for name, p in result:
+        print(f"  {p * 100:6.2f}%  {name}")
+    return result

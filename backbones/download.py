@@ -29,11 +29,14 @@ __all__ = [
     "cache_dir",
     "fetch_hub_file",
     "fetch_url_file",
+    "host_reachable",
+    "hub_file_cached",
     "is_offline",
     "verify_sha256",
 ]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_OFFLINE = "offline mode is on (HF_HUB_OFFLINE or BACKBONES_OFFLINE)"
 _CHUNK = 1 << 20
 
 
@@ -179,7 +182,15 @@ def fetch_hub_file(
         f"(or `hf download {repo_id} {filename}`) and copy the Hugging Face cache (HF_HOME) here"
     )
     try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, tqdm_class=_progress_class(progress)))
+        path = Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                tqdm_class=_progress_class(progress),
+                local_files_only=is_offline(),
+            )
+        )
     except RepositoryNotFoundError:
         raise WeightsUnavailableError(
             f"{what}: the Hub has no repository {repo_id!r} (or it is private: log in with `hf auth login` "
@@ -188,7 +199,7 @@ def fetch_hub_file(
     except RevisionNotFoundError:
         raise WeightsUnavailableError(f"{what}: repository {repo_id!r} has no revision {revision!r}") from None
     except LocalEntryNotFoundError:
-        reason = "HF_HUB_OFFLINE is set" if is_offline() else "the Hub cannot be reached"
+        reason = _OFFLINE if is_offline() else "the Hub cannot be reached"
         raise WeightsUnavailableError(f"{what}: {source} is not in the local cache and {reason}; {prefetch}") from None
     except EntryNotFoundError:
         raise WeightsUnavailableError(f"{what}: repository {repo_id!r} has no file {filename!r}") from None
@@ -199,6 +210,26 @@ def fetch_hub_file(
     if _SHA256.match(blob.name):
         verify_sha256(path, blob.name, what=what, remove=[path])
     return path
+
+
+def hub_file_cached(repo_id: str, filename: str, revision: str | None = None) -> bool:
+    """Whether the Hugging Face cache already holds ``filename`` of ``repo_id`` (no request made)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+
+
+def host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    import socket
+
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- plain URLs
@@ -224,7 +255,7 @@ def fetch_url_file(url: str, *, sha256: str | None, what: str, progress: bool = 
     if not path.exists():
         if is_offline():
             raise WeightsUnavailableError(
-                f"{what}: {path.name} is not in the cache ({path.parent}) and HF_HUB_OFFLINE is set; pre-fetch it "
+                f"{what}: {path.name} is not in the cache ({path.parent}) and {_OFFLINE}; pre-fetch it "
                 f"with `python -m backbones download {what}` where {urlparse(url).netloc} is reachable, or put "
                 f"the file from {url} there"
             )

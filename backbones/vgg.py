@@ -127,10 +127,12 @@ class VGG(Backbone):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = torch.flatten(self.avgpool(x), 1)
-        # A loop rather than slicing the Sequential, which TorchScript cannot call.
+        if not pre_logits:
+            return self.classifier(x)
+        # All but the last layer; a loop because TorchScript cannot call a sliced Sequential.
         last = len(self.classifier) - 1
         for index, layer in enumerate(self.classifier):
-            if index < last or not pre_logits:
+            if index < last:
                 x = layer(x)
         return x
 

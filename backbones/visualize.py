@@ -70,7 +70,7 @@ def feature_picture(image: Tensor, features: Mapping[str, Tensor], strides: Sequ
         image: The input ``[3, H, W]`` in [0, 1].
         features: Level name -> feature map ``[C, h, w]`` (one image of the batch).
         strides: Each level's stride, shown in its caption.
-        tile: Height and width of each tile in pixels.
+        tile: Height of each tile in pixels (the width follows the image's aspect ratio).
 
     Returns:
         A ``PIL.Image``.
@@ -81,15 +81,16 @@ def feature_picture(image: Tensor, features: Mapping[str, Tensor], strides: Sequ
     for (name, fmap), stride in zip(features.items(), strides, strict=True):
         label = f"{name} {fmap.shape[0]}ch /{stride} {fmap.shape[1]}x{fmap.shape[2]}"
         tiles.append((label, _colourise(_activation_map(fmap)).permute(2, 0, 1).float() / 255))
+    width = max(1, round(tile * image.shape[2] / image.shape[1]))
     columns = min(len(tiles), 3)
     rows = -(-len(tiles) // columns)
-    canvas = image_module.new("RGB", (columns * tile, rows * (tile + caption)), "white")
+    canvas = image_module.new("RGB", (columns * width, rows * (tile + caption)), "white")
     draw = draw_module.Draw(canvas)
     for index, (label, picture) in enumerate(tiles):
-        resized = torch.nn.functional.interpolate(picture[None], size=(tile, tile), mode="nearest")[0]
+        resized = torch.nn.functional.interpolate(picture[None], size=(tile, width), mode="nearest")[0]
         pixels = (resized.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-        tile_image = image_module.frombytes("RGB", (tile, tile), bytes(pixels.flatten().tolist()))
-        x, y = (index % columns) * tile, (index // columns) * (tile + caption)
+        tile_image = image_module.frombytes("RGB", (width, tile), bytes(pixels.flatten().tolist()))
+        x, y = (index % columns) * width, (index // columns) * (tile + caption)
         canvas.paste(tile_image, (x, y + caption))
         draw.text((x + 4, y + 2), label, fill="black")
     return canvas

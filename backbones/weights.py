@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch.nn as nn
 from torch import Tensor
@@ -288,6 +289,34 @@ def save_safetensors_atomic(state: dict[str, Tensor], path: Path, metadata: dict
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def weights_obtainable(spec: WeightSpec, timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether ``spec``'s file is cached or its host answers within ``timeout``, and in words why (not).
+
+    Lets a caller (the demo) fall back to random weights at once instead of waiting on a network
+    that is not there.
+    """
+    from huggingface_hub import constants
+
+    from .download import host_reachable, hub_file_cached, is_offline, url_cache_path
+
+    if spec.hf_hub_id:
+        filename = spec.hf_hub_filename or "model.safetensors"
+        if hub_file_cached(spec.hf_hub_id, filename, spec.revision):
+            return True, f"{spec.name} is in the Hugging Face cache"
+        host = constants.ENDPOINT
+    elif spec.url:
+        if url_cache_path(spec.url).exists():
+            return True, f"{spec.name} is in the torch.hub cache"
+        host = spec.url
+    else:
+        return False, f"{spec.name} has no source"
+    if is_offline():
+        return False, f"{spec.name} is not cached and offline mode is on"
+    if not host_reachable(host, timeout):
+        return False, f"{spec.name} is not cached and {urlparse(host).hostname} cannot be reached"
+    return True, f"{spec.name} can be downloaded from {urlparse(host).hostname}"
 
 
 def load_local_state_dict(path: str | Path, arch: str) -> dict[str, Tensor]:

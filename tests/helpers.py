@@ -101,3 +101,28 @@ def meta_model(name: str, **kwargs) -> nn.Module:
 
     with torch.device("meta"):
         return backbones.create_model(name, **kwargs)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | None = None, timeout: int = 300):
+    """Run ``python -m backbones ARGS`` in a fresh interpreter; returns the CompletedProcess (text)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "backbones", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A CLI failure: exit status 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

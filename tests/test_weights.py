@@ -118,7 +118,7 @@ def test_offline_with_an_empty_cache_says_what_to_prefetch(hub_server, caches) -
     result = run_python(code, env={**caches, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert "WeightsUnavailableError" in last and "not in the local cache and HF_HUB_OFFLINE is set" in last
+    assert "WeightsUnavailableError" in last and "not in the local cache and offline mode is on (HF_HUB_OFFLINE" in last
     assert "python -m backbones download resnet34.tv_in1k" in last and "timm/resnet34.tv_in1k" in last
     assert hub_server.requests == []
 
@@ -342,3 +342,12 @@ def test_readme_documents_pretrained_offline_and_publishing() -> None:
 def test_manifest_is_valid_json_data() -> None:
     manifest = json.loads((REPO_ROOT / "backbones" / "data" / "weights.json").read_text())
     assert manifest["format"] == 1 and manifest["models"]
+
+
+def test_backbones_offline_keeps_the_hub_client_to_its_cache(hub_server, caches, monkeypatch) -> None:
+    _publish_timm(hub_server, "resnet18", "tv_in1k")
+    backbones.create_model("resnet18.tv_in1k", pretrained=True, progress=False)
+    monkeypatch.setenv("BACKBONES_OFFLINE", "1")
+    hub_server.clear_requests()
+    backbones.create_model("resnet18.tv_in1k", pretrained=True, progress=False)
+    assert hub_server.requests == []

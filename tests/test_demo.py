@@ -1,0 +1,58 @@
+"""The main job (``make demo``): it runs offline on a fresh machine and reports what it promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save
+
+import backbones
+from backbones.demo import run_demo, sample_image
+
+
+def test_demo_runs_offline_with_random_weights_and_says_so(caches, monkeypatch, tmp_path: Path, capsys) -> None:
+    monkeypatch.setenv("BACKBONES_OFFLINE", "1")
+    report = run_demo(tmp_path, seconds=0.1)
+    out = capsys.readouterr().out
+    assert "loaded through torch.hub from this checkout" in out
+    assert "weights: random initialisation (resnet50_fpn.tv_coco is not cached and offline mode is on)" in out
+    assert "Parameters: 26,799,296" in out  # the summary table
+    assert report["pyramid"] == {
+        "0": (1, 256, 120, 160),
+        "1": (1, 256, 60, 80),
+        "2": (1, 256, 30, 40),
+        "3": (1, 256, 15, 20),
+        "pool": (1, 256, 8, 10),
+    }
+    assert "stride 64" in out and f"throughput: {report['throughput']:.2f} images/s" in out
+    assert Path(report["picture"]).read_bytes()[:4] == b"\x89PNG"
+    assert "resnet50 top-5: skipped" in out and report["top5"] is None
+
+
+def test_demo_prints_top5_classes_when_resnet50_weights_are_reachable(hub_server, caches, tmp_path, capsys) -> None:
+    weights = backbones.create_model("resnet50").state_dict()
+    hub_server.publish("timm/resnet50.tv2_in1k", {"model.safetensors": save(weights)})
+    report = run_demo(tmp_path, seconds=0.1)
+    out = capsys.readouterr().out
+    assert "resnet50 top-5 (resnet50.tv2_in1k, resnet50.tv2_in1k can be downloaded from 127.0.0.1)" in out
+    assert len(report["top5"]) == 5
+    names = backbones.create_model("resnet50.tv2_in1k").pretrained_cfg["class_names"]
+    assert all(name in names for name, _ in report["top5"])
+    probabilities = [p for _, p in report["top5"]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+
+
+def test_sample_image_is_deterministic_rgb_in_range() -> None:
+    image = sample_image((60, 80))
+    assert image.shape == (3, 60, 80) and image.min() >= 0 and image.max() <= 1
+    assert torch.equal(image, sample_image((60, 80)))
+
+
+@pytest.mark.parametrize("target", ["demo", "test"])
+def test_readme_opens_with_the_two_commands(target: str) -> None:
+    from .helpers import REPO_ROOT
+
+    head = (REPO_ROOT / "README.md").read_text().split("\n\n", 2)[1]
+    assert f"make {target}" in head
