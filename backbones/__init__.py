@@ -35,6 +35,7 @@ from .fpn import (
 from .hub import from_pretrained
 from .inception import GoogLeNet, Inception3, googlenet_loss, googlenet_v1, inception_v2, inception_v3
 from .layers import FrozenBatchNorm2d
+from .optimize import OptimizedModel, optimize
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .transforms import transforms_for
 from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
@@ -54,6 +55,7 @@ __all__ = [
     "FrozenBatchNorm2d",
     "GoogLeNet",
     "Inception3",
+    "OptimizedModel",
     "ResNet",
     "UnknownModelError",
     "WeightsError",
@@ -73,6 +75,7 @@ __all__ = [
     "inception_v3_fpn",
     "list_models",
     "list_pretrained",
+    "optimize",
     "register_model",
     "register_weights",
     "resnet18",
