@@ -185,6 +185,34 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 800x1344, got {text!r}") from None
+    return height, width
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import BenchmarkConfig, run_benchmarks, write_report
+
+    config = BenchmarkConfig(
+        models=args.models,
+        batches=args.batches,
+        compile_batches=args.compile_batches,
+        fpn_sizes=args.fpn_sizes,
+        seconds_per_workload=args.seconds,
+        threads=args.threads or BenchmarkConfig().threads,
+        extras=not args.no_extras,
+    )
+    results = run_benchmarks(config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(results, out / "RESULTS.md", out / "speedups.png")
+    print(f"wrote {out / 'RESULTS.md'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -253,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("repo_id", help="owner/name")
     cmd.add_argument("--private", action="store_true", help="create the repo as private")
     cmd.add_argument("--token", help="a Hub token (default: HF_TOKEN or the stored login)")
+
+    cmd = command("bench", "time our models against torchvision and timm; write RESULTS.md", _cmd_bench)
+    cmd.add_argument("--models", nargs="+", default=["resnet50", "vgg19", "googlenet_v1", "inception_v3"])
+    cmd.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    cmd.add_argument("--compile-batches", nargs="*", type=int, default=[8], help="batches with torch.compile variants")
+    cmd.add_argument("--fpn-sizes", nargs="*", type=_parse_size, default=[(800, 1344), (512, 864)])
+    cmd.add_argument("--seconds", type=float, default=40.0, help="time budget per workload (default 40)")
+    cmd.add_argument("--threads", type=int, help="intra-op threads (default: every core)")
+    cmd.add_argument("--no-extras", action="store_true", help="skip memory, load, import and compile-time figures")
+    cmd.add_argument("--out", default="benchmarks", help="folder for RESULTS.md and the plot (default benchmarks)")
 
     cmd = command("demo", "the main job: resnet50_fpn through torch.hub on a sample image", _cmd_demo)
     cmd.add_argument("--out", default="demo_out", help="folder for the demo's pictures (default demo_out)")

@@ -48,10 +48,12 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        # The shortcut is made last and added in place, as torchvision does: no extra map is
+        # alive during the residual branch and no new one is allocated for the sum.
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
     def last_norm(self) -> nn.Module:
         """The norm layer on the residual branch's output (zeroed by ``zero_init_residual``)."""
@@ -88,11 +90,11 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
     def last_norm(self) -> nn.Module:
         """The norm layer on the residual branch's output (zeroed by ``zero_init_residual``)."""

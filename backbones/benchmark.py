@@ -1,0 +1,532 @@
+"""Side-by-side speed, memory and load-time measurements against torchvision and timm.
+
+Everything runs in one process, in interleaved rounds (each round runs every variant once, so a
+slow spell of the machine hits all variants alike), and reports the median with min and max.
+Ratios are to torchvision's eager fp32 model in the same run. torchvision and timm are needed
+here only (``pip install backbones[test]``); ``import backbones`` never imports them.
+
+Run ``python benchmarks/bench.py`` (or ``python -m backbones bench``); it writes
+``benchmarks/RESULTS.md`` and a plot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["BenchmarkConfig", "Measurement", "run_benchmarks", "write_report"]
+
+BASELINE = "torchvision eager fp32"
+
+
+@dataclass
+class Measurement:
+    """Timings of one variant on one workload (seconds per batch)."""
+
+    workload: str
+    variant: str
+    batch: int
+    times: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch / self.median
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to measure.
+
+    Attributes:
+        models: Classification architectures to time.
+        batches: Batch sizes for them.
+        compile_batches: Batch sizes at which the torch.compile variants run (each compiles anew).
+        fpn_sizes: Input sizes (H, W) for resnet50_fpn at batch 1.
+        seconds_per_workload: Target wall time per workload, split into rounds.
+        min_rounds, max_rounds: Bounds on the number of interleaved rounds.
+        threads: Intra-op threads (default: every core).
+        extras: Also measure peak memory, load, import and compile times (several subprocesses).
+    """
+
+    models: Sequence[str] = ("resnet50", "vgg19", "googlenet_v1", "inception_v3")
+    batches: Sequence[int] = (1, 8, 32)
+    compile_batches: Sequence[int] = (8,)
+    fpn_sizes: Sequence[tuple[int, int]] = ((800, 1344), (512, 864))
+    seconds_per_workload: float = 40.0
+    min_rounds: int = 3
+    max_rounds: int = 15
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    extras: bool = True
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+Runner = Callable[[torch.Tensor], Any]
+
+
+def _references(arch: str) -> tuple[nn.Module, nn.Module | None]:
+    """torchvision's and timm's model for ``arch`` (timm's may be missing), with our weights' values."""
+    import torchvision
+
+    tv_name = {"googlenet_v1": "googlenet"}.get(arch, arch)
+    kwargs = {"aux_logits": False, "init_weights": True} if arch in {"googlenet_v1", "inception_v3"} else {}
+    tv = torchvision.models.get_model(tv_name, weights=None, **kwargs).eval()
+    timm_model = None
+    if arch != "googlenet_v1":
+        import timm
+
+        timm_model = timm.create_model(arch, pretrained=False).eval()
+    return tv, timm_model
+
+
+def _compiled(model: nn.Module) -> nn.Module:
+    return torch.compile(copy.deepcopy(model), options={"freezing": True})
+
+
+def _autocast(model: nn.Module) -> Runner:
+    def run(x: torch.Tensor) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    return run
+
+
+def _channels_last(model: nn.Module) -> Runner:
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    return lambda x: model(x.contiguous(memory_format=torch.channels_last))
+
+
+def classifier_variants(arch: str, with_compile: bool) -> dict[str, Runner]:
+    """Every way of running ``arch`` that the benchmark compares, keyed by variant name."""
+    from . import create_model, optimize
+
+    tv, timm_model = _references(arch)
+    kwargs = {"aux_logits": False} if arch in {"googlenet_v1", "inception_v3"} else {}
+    ours = create_model(arch, **kwargs).eval()
+    ours.load_state_dict(tv.state_dict())
+    variants: dict[str, Runner] = {
+        BASELINE: tv,
+        "torchvision channels_last": _channels_last(tv),
+        "torchvision bf16 autocast": _autocast(tv),
+        "ours eager fp32": ours,
+        "ours optimized fp32": optimize(ours),
+        "ours optimized bf16": optimize(ours, dtype=torch.bfloat16),
+    }
+    if timm_model is not None:
+        variants["timm eager fp32"] = timm_model
+    if with_compile:
+        variants["torchvision compiled fp32"] = _compiled(tv)
+        variants["torchvision compiled bf16 autocast"] = _autocast(_compiled(tv))
+        variants["ours compiled fp32"] = optimize(ours, compile=True)
+        variants["ours compiled bf16"] = optimize(ours, dtype=torch.bfloat16, compile=True)
+    return variants
+
+
+def fpn_variants(with_compile: bool) -> dict[str, Runner]:
+    """resnet50_fpn against torchvision's resnet_fpn_backbone("resnet50")."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    from . import create_model, optimize
+
+    tv = resnet_fpn_backbone(backbone_name="resnet50", weights=None).eval()
+    ours = create_model("resnet50_fpn").eval()
+    ours.load_state_dict(tv.state_dict())
+    variants: dict[str, Runner] = {
+        BASELINE: tv,
+        "torchvision channels_last": _channels_last(tv),
+        "torchvision bf16 autocast": _autocast(tv),
+        "ours eager fp32": ours,
+        "ours optimized fp32": optimize(ours, example_input=torch.randn(1, 3, 800, 1344)),
+        "ours optimized bf16": optimize(ours, dtype=torch.bfloat16, example_input=torch.randn(1, 3, 800, 1344)),
+    }
+    if with_compile:
+        variants["torchvision compiled fp32"] = _compiled(tv)
+        variants["ours compiled fp32"] = optimize(ours, compile=True)
+        variants["ours compiled bf16"] = optimize(ours, dtype=torch.bfloat16, compile=True)
+    return variants
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_interleaved(
+    workload: str, variants: dict[str, Runner], x: torch.Tensor, config: BenchmarkConfig, log: Callable[[str], None]
+) -> list[Measurement]:
+    """Warm every variant up (compiling where needed), then time them in interleaved rounds."""
+    measurements = {name: Measurement(workload, name, x.shape[0]) for name in variants}
+    with torch.inference_mode():
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run(x)
+            first = time.perf_counter() - start
+            run(x)
+            if first > 5:
+                measurements[name].note = f"first call {first:.1f} s"
+        # One timed pass sizes the number of rounds to the time budget.
+        one_round = 0.0
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run(x)
+            elapsed = time.perf_counter() - start
+            measurements[name].times.append(elapsed)
+            one_round += elapsed
+        rounds = int(
+            min(config.max_rounds, max(config.min_rounds, config.seconds_per_workload // max(one_round, 1e-9)))
+        )
+        for _ in range(rounds - 1):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run(x)
+                measurements[name].times.append(time.perf_counter() - start)
+    baseline = measurements[BASELINE].median
+    for m in measurements.values():
+        log(f"  {m.variant:<38} {m.median * 1e3:9.1f} ms  x{baseline / m.median:5.2f}  ({len(m.times)} rounds)")
+    return list(measurements.values())
+
+
+# ----------------------------------------------------------------------------- the other figures
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "subprocess failed")
+    return time.perf_counter() - start, result.stdout
+
+
+def import_times(repeats: int = 5) -> dict[str, float]:
+    """Median wall time of ``import torch`` and of ``import torch, backbones`` in fresh interpreters."""
+    torch_only = statistics.median(_python("import torch")[0] for _ in range(repeats))
+    with_ours = statistics.median(_python("import torch, backbones")[0] for _ in range(repeats))
+    return {
+        "import torch": torch_only,
+        "import torch, backbones": with_ours,
+        "backbones itself": with_ours - torch_only,
+    }
+
+
+def load_times(arch: str = "resnet50", repeats: int = 7) -> dict[str, float]:
+    """Median time to read cached weights: safetensors (memory-mapped) vs torch.load of a .pth."""
+    from safetensors.torch import load_file, save_file
+
+    from . import create_model
+
+    state = create_model(arch).state_dict()
+    with tempfile.TemporaryDirectory() as folder:
+        st_path, pth_path = Path(folder) / "w.safetensors", Path(folder) / "w.pth"
+        save_file({k: v.contiguous() for k, v in state.items()}, st_path)
+        torch.save(state, pth_path)
+        cases = {
+            "safetensors load_file": lambda: load_file(st_path),
+            "torch.load(weights_only=True)": lambda: torch.load(pth_path, weights_only=True),
+            "torch.load(weights_only=True, mmap=True)": lambda: torch.load(pth_path, weights_only=True, mmap=True),
+            f"create_model({arch!r}, pretrained=<.safetensors>)": lambda: create_model(arch, pretrained=st_path),
+        }
+        results = {}
+        for name, fn in cases.items():
+            fn()
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - start)
+            results[name] = statistics.median(samples)
+    return results
+
+
+_MEMORY_SCRIPT = """
+import gc, json, re, sys, torch
+torch.set_num_threads({threads})
+from backbones.benchmark import classifier_variants, fpn_variants
+arch, name, batch, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+x = torch.randn(batch, 3, height, width)
+variants = fpn_variants(with_compile=False) if arch == "resnet50_fpn" else classifier_variants(arch, with_compile=False)
+run = variants.pop(name)
+del variants
+gc.collect()
+# Reset the high-water mark so that building the references does not count (Linux clear_refs).
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+with torch.inference_mode():
+    for _ in range(3):
+        run(x)
+status = open("/proc/self/status").read()
+print(json.dumps(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))))
+"""
+
+
+def peak_memory(arch: str, batch: int, size: tuple[int, int], names: Sequence[str], threads: int) -> dict[str, float]:
+    """Peak resident memory (MiB) while one variant runs three batches, in a fresh process.
+
+    Every variant is built (they share weights), all but one are dropped, and the kernel's
+    high-water mark is reset before the runs: the figure is that variant's weights plus its
+    peak working memory, with the Python and torch runtime (the same for all) underneath.
+    """
+    results = {}
+    for name in names:
+        result = subprocess.run(
+            [sys.executable, "-c", _MEMORY_SCRIPT.format(threads=threads), arch, name, str(batch), *map(str, size)],
+            capture_output=True,
+            text=True,
+        )
+        results[name] = (
+            json.loads(result.stdout.strip().splitlines()[-1]) / 1024 if result.returncode == 0 else float("nan")
+        )
+    return results
+
+
+_COMPILE_SCRIPT = """
+import time, torch, backbones
+torch.set_num_threads({threads})
+model = backbones.create_model("resnet50").eval()
+x = torch.randn(8, 3, 224, 224)
+start = time.perf_counter()
+fast = backbones.optimize(model, dtype={dtype}, compile=True)
+fast(x)
+print(time.perf_counter() - start)
+"""
+
+
+def compile_times(threads: int) -> dict[str, float]:
+    """First-call time of ``optimize(resnet50, compile=True)`` in a fresh process: with an empty
+    inductor cache (cold), then again with the cache that run filled (warm)."""
+    results = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+        for dtype in ("torch.float32", "torch.bfloat16"):
+            code = _COMPILE_SCRIPT.format(threads=threads, dtype=dtype)
+            results[f"{dtype} cold"] = float(_python(code, env)[1].strip())
+            results[f"{dtype} warm (second start)"] = float(_python(code, env)[1].strip())
+    return results
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every measurement and return them (see :func:`write_report`)."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(0)
+    measurements: list[Measurement] = []
+    for arch in config.models:
+        size = 299 if arch == "inception_v3" else 224
+        for batch in config.batches:
+            workload = f"{arch} batch {batch} {size}x{size}"
+            log(workload)
+            variants = classifier_variants(arch, with_compile=batch in config.compile_batches)
+            measurements += time_interleaved(workload, variants, torch.randn(batch, 3, size, size), config, log)
+            del variants
+    for height, width in config.fpn_sizes:
+        workload = f"resnet50_fpn batch 1 {height}x{width}"
+        log(workload)
+        variants = fpn_variants(with_compile=(height, width) == tuple(config.fpn_sizes[0]))
+        measurements += time_interleaved(workload, variants, torch.randn(1, 3, height, width), config, log)
+        del variants
+    results: dict[str, Any] = {
+        "measurements": measurements,
+        "config": config,
+        "environment": environment(config.threads),
+    }
+    if config.extras:
+        log("memory")
+        names = [BASELINE, "torchvision channels_last", "ours eager fp32", "ours optimized fp32", "ours optimized bf16"]
+        results["memory_mib"] = {
+            "resnet50 batch 8 224x224": peak_memory("resnet50", 8, (224, 224), names, config.threads),
+            "resnet50_fpn batch 1 800x1344": peak_memory("resnet50_fpn", 1, (800, 1344), names, config.threads),
+        }
+        log("load, import and compile times")
+        results.update(
+            load_seconds=load_times(), import_seconds=import_times(), compile_seconds=compile_times(config.threads)
+        )
+    return results
+
+
+def environment(threads: int) -> dict[str, str]:
+    """The machine and software the numbers come from."""
+    import importlib.metadata as metadata
+
+    cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
+    with contextlib.suppress(Exception):
+        text = Path("/proc/cpuinfo").read_text()
+        cpu = re.search(r"model name\s*:\s*(.*)", text).group(1)  # type: ignore[union-attr]
+        found = re.search(r"flags\s*:\s*(.*)", text).group(1).split()  # type: ignore[union-attr]
+        flags = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8") if f in found]
+    versions = {}
+    for package in ("torch", "torchvision", "timm", "safetensors", "huggingface_hub"):
+        with contextlib.suppress(Exception):
+            versions[package] = metadata.version(package)
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "threads": str(threads),
+        "cpu flags": " ".join(flags) or "none of avx512/amx",
+        "python": platform.python_version(),
+        **versions,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _ratio_table(measurements: list[Measurement]) -> list[str]:
+    lines: list[str] = []
+    for workload in dict.fromkeys(m.workload for m in measurements):
+        rows = [m for m in measurements if m.workload == workload]
+        baseline = next(m for m in rows if m.variant == BASELINE).median
+        lines += [
+            f"### {workload}",
+            "",
+            "| variant | median ms | min ms | max ms | images/s | x torchvision eager fp32 | note |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for m in sorted(rows, key=lambda m: m.median, reverse=True):
+            lines.append(
+                f"| {m.variant} | {m.median * 1e3:.1f} | {min(m.times) * 1e3:.1f} | {max(m.times) * 1e3:.1f} | "
+                f"{m.images_per_second:.1f} | {baseline / m.median:.2f} | {m.note} |"
+            )
+        lines.append("")
+    return lines
+
+
+TARGETS = {  # resnet50 batch 8: variant -> minimum ratio to torchvision eager fp32
+    "ours eager fp32": 0.97,
+    "ours optimized fp32": 1.5,
+    "ours compiled fp32": 1.9,
+    "ours optimized bf16": 4.0,
+    "ours compiled bf16": 4.0,
+}
+
+
+def ratio(measurements: list[Measurement], workload: str, variant: str) -> float | None:
+    rows = {m.variant: m for m in measurements if m.workload == workload}
+    if variant not in rows or BASELINE not in rows:
+        return None
+    return rows[BASELINE].median / rows[variant].median
+
+
+def write_report(results: dict[str, Any], markdown: Path, plot: Path | None = None) -> None:
+    """Write RESULTS.md (and a PNG plot when matplotlib is installed)."""
+    measurements: list[Measurement] = results["measurements"]
+    env = results["environment"]
+    target_workload = "resnet50 batch 8 224x224"
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `benchmarks/bench.py` (`python -m backbones bench`). Every figure is the median of",
+        "interleaved rounds in one process; ratios are to torchvision's eager fp32 model in the same run.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in env.items()],
+        "",
+        "## Targets (resnet50, batch 8, 224x224)",
+        "",
+        "| variant | target | measured | met |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    tv_compiled = ratio(measurements, target_workload, "torchvision compiled fp32")
+    for variant, target in TARGETS.items():
+        measured = ratio(measurements, target_workload, variant)
+        if measured is None:
+            continue
+        met = measured >= target
+        if variant == "ours compiled fp32" and tv_compiled is not None:
+            met = met and measured > tv_compiled
+            target_text = f">= {target} and > torchvision compiled ({tv_compiled:.2f})"
+        else:
+            target_text = f">= {target}"
+        lines.append(f"| {variant} | {target_text} | {measured:.2f} | {'yes' if met else 'NO'} |")
+    lines += ["", "## Speed", "", *_ratio_table(measurements)]
+    lines += [
+        "## Scaling (images/s)",
+        "",
+        "| model | variant | " + " | ".join(f"batch {b}" for b in results["config"].batches) + " |",
+    ]
+    lines += ["| --- | --- |" + " ---: |" * len(results["config"].batches)]
+    for arch in results["config"].models:
+        for variant in (BASELINE, "ours optimized fp32", "ours optimized bf16"):
+            cells = []
+            for batch in results["config"].batches:
+                rows = [
+                    m for m in measurements if m.variant == variant and m.workload.startswith(f"{arch} batch {batch} ")
+                ]
+                cells.append(f"{rows[0].images_per_second:.1f}" if rows else "")
+            lines.append(f"| {arch} | {variant} | " + " | ".join(cells) + " |")
+    if "memory_mib" in results:
+        lines += _extras(results)
+    if plot is not None and _plot(measurements, plot):
+        lines += ["", f"![speed-ups over torchvision eager fp32]({plot.name})"]
+    markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _extras(results: dict[str, Any]) -> list[str]:
+    lines = ["", "## Peak memory (resident MiB of a process that runs one variant)", ""]
+    for workload, per_variant in results["memory_mib"].items():
+        lines += [f"### {workload}", "", "| variant | peak RSS MiB |", "| --- | ---: |"]
+        lines += [f"| {name} | {mib:.0f} |" for name, mib in per_variant.items()]
+        lines.append("")
+    lines += ["## Loading cached resnet50 weights (median)", "", "| how | ms |", "| --- | ---: |"]
+    lines += [f"| {k} | {v * 1e3:.1f} |" for k, v in results["load_seconds"].items()]
+    lines += ["", "## Import time (fresh interpreter, median)", "", "| what | ms |", "| --- | ---: |"]
+    lines += [f"| {k} | {v * 1e3:.0f} |" for k, v in results["import_seconds"].items()]
+    lines += [
+        "",
+        "## torch.compile time of optimize(resnet50, compile=True), first call in a fresh process",
+        "",
+        "| run | seconds |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {k} | {v:.1f} |" for k, v in results["compile_seconds"].items()]
+    return lines
+
+
+def _plot(measurements: list[Measurement], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    workloads = [w for w in dict.fromkeys(m.workload for m in measurements) if " batch 8 " in w or "fpn" in w]
+    variants = list(dict.fromkeys(m.variant for m in measurements))
+    fig, ax = plt.subplots(figsize=(11, 0.5 + 0.45 * len(workloads) * 1.0 + 2))
+    height = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        values = [ratio(measurements, w, variant) or 0 for w in workloads]
+        ax.barh([j + i * height for j in range(len(workloads))], values, height=height, label=variant)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(workloads))], workloads)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("speed-up over torchvision eager fp32 (median)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True

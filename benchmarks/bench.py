@@ -1,0 +1,19 @@
+"""Benchmark backbones side by side with torchvision and timm; writes benchmarks/RESULTS.md and a plot.
+
+Usage (from the repository root, after `make test` or `make demo` created .venv):
+
+    OMP_NUM_THREADS=$(nproc) .venv/bin/python benchmarks/bench.py             # the full run (~40 min on 2 cores)
+    .venv/bin/python benchmarks/bench.py --models resnet50 --batches 8 --fpn-sizes 800x1344 --seconds 10
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backbones.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["bench", *sys.argv[1:]]))
