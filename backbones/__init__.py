@@ -16,6 +16,7 @@ from ._registry import (
 )
 from .base import Backbone
 from .download import WeightsError, WeightsIntegrityError, WeightsUnavailableError
+from .export import ExportError, export
 from .features import FeatureExtractor, FeatureInfo
 from .fpn import (
     BackboneWithFPN,
@@ -49,6 +50,7 @@ __all__ = [
     "BackboneWithFPN",
     "BasicBlock",
     "Bottleneck",
+    "ExportError",
     "FeatureExtractor",
     "FeatureInfo",
     "FeaturePyramidNetwork",
@@ -64,6 +66,7 @@ __all__ = [
     "WeightsUnavailableError",
     "__version__",
     "create_model",
+    "export",
     "fpn_backbone",
     "from_pretrained",
     "googlenet_loss",

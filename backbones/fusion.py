@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import operator
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -111,31 +112,52 @@ class FusedConv2d(nn.Module):
     """A convolution with its ReLU and/or residual addition fused, on oneDNN-packed weights.
 
     ``forward(x)`` computes ``post(conv(x))``; ``forward(x, other)`` computes
-    ``post(conv(x) + other)``, where ``post`` is ReLU or nothing. The weights are packed once
-    for the input shape seen when the model was optimised; other shapes stay correct (oneDNN
-    reorders as needed).
+    ``post(conv(x) + other)``, where ``post`` is ReLU or nothing.
+
+    oneDNN picks the weights' blocked layout for an input shape, and a layout packed for another
+    shape is reordered on every call (a ResNet-50 at batch 1 on weights packed for batch 8 runs
+    slower than unfused eager). So weights are packed per input shape, the last
+    ``PACKED_SHAPES`` kept; only packed copies are held (a new one is packed from an old one).
     """
 
-    def __init__(self, conv: nn.Conv2d, input_shape: torch.Size, relu: bool, residual: bool) -> None:
+    PACKED_SHAPES = 3
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, residual: bool) -> None:
         super().__init__()
         self.padding, self.stride = list(conv.padding), list(conv.stride)  # type: ignore[arg-type]
         self.dilation, self.groups = list(conv.dilation), conv.groups
-        weight = conv.weight.detach().contiguous()
-        self.weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(input_shape)
-        )
+        self._dense: Tensor | None = conv.weight.detach().contiguous()
+        self._packed: OrderedDict[tuple[int, ...], Tensor] = OrderedDict()
         self.bias = None if conv.bias is None else conv.bias.detach().clone()
         self.unary = "relu" if relu else "none"
         self.residual = residual
         self.description = f"{conv.in_channels}, {conv.out_channels}, kernel_size={tuple(conv.kernel_size)}"
 
+    def packed_weight(self, shape: torch.Size) -> Tensor:
+        """The weights packed for inputs of ``shape`` (packed on first use)."""
+        key = tuple(shape)
+        weight = self._packed.get(key)
+        if weight is not None:
+            self._packed.move_to_end(key)
+            return weight
+        dense = self._dense if self._dense is not None else next(iter(self._packed.values())).to_dense()
+        weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            dense.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(key)
+        )
+        self._packed[key] = weight
+        self._dense = None  # from now on the packed copies are the only ones
+        while len(self._packed) > self.PACKED_SHAPES:
+            self._packed.popitem(last=False)
+        return weight
+
     def forward(self, x: Tensor, other: Tensor | None = None) -> Tensor:
+        weight = self.packed_weight(x.shape)
         args = (self.padding, self.stride, self.dilation, self.groups)
         if other is None:
-            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *args, self.unary, [], "")
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, self.bias, *args, self.unary, [], "")
         unary = None if self.unary == "none" else self.unary
         return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, other, self.weight, self.bias, *args, "add", None, unary, [], ""
+            x, other, weight, self.bias, *args, "add", None, unary, [], ""
         )
 
     def extra_repr(self) -> str:
@@ -168,31 +190,20 @@ def _residual_operand(node: torch.fx.Node | None, conv: torch.fx.Node) -> torch.
     return other if isinstance(other, torch.fx.Node) and other is not conv else None
 
 
-def fuse_conv_pointwise(gm: torch.fx.GraphModule, example: Tensor) -> int:
+def fuse_conv_pointwise(gm: torch.fx.GraphModule, example: Tensor | None = None) -> int:
     """Replace convolutions (and a following ReLU / addition / addition + ReLU) by :class:`FusedConv2d`.
 
     Args:
         gm: The traced model, BatchNorm already folded, in the dtype it will run in.
-        example: An input of the shape it will usually see (weights are packed for it).
+        example: An input of the shape it will usually see: one run packs the weights for it.
 
     Returns:
         How many convolutions were replaced.
     """
-    shapes: dict[str, torch.Size] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda _m, args, name=name: shapes.__setitem__(name, args[0].shape))
-        for name, m in gm.named_modules()
-        if isinstance(m, nn.Conv2d)
-    ]
-    with torch.no_grad():
-        gm(example)
-    for hook in hooks:
-        hook.remove()
-
     fused = 0
     for node in list(gm.graph.nodes):
         conv = _module(gm, node)
-        if not isinstance(conv, nn.Conv2d) or node.target not in shapes or conv.padding_mode != "zeros":
+        if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros":
             continue
         user = _only_user(node)
         other = _residual_operand(user, node)
@@ -204,7 +215,7 @@ def fuse_conv_pointwise(gm: torch.fx.GraphModule, example: Tensor) -> int:
             relu = _is_relu(gm, user)
             last, args = (user if relu else node), (node.args[0],)
         name = f"{str(node.target).replace('.', '_')}_fused"
-        gm.add_module(name, FusedConv2d(conv, shapes[str(node.target)], relu, other is not None))
+        gm.add_module(name, FusedConv2d(conv, relu, other is not None))
         with gm.graph.inserting_after(last):  # type: ignore[arg-type]
             replacement = gm.graph.call_module(name, args)
         last.replace_all_uses_with(replacement)  # type: ignore[union-attr]
@@ -213,4 +224,7 @@ def fuse_conv_pointwise(gm: torch.fx.GraphModule, example: Tensor) -> int:
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+    if example is not None:
+        with torch.inference_mode():
+            gm(example)
     return fused
