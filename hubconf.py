@@ -15,7 +15,6 @@ dependencies = ["torch", "safetensors", "huggingface_hub"]
 from backbones import create_model  # noqa: E402
 from backbones.fpn import (  # noqa: E402
     googlenet_v1_fpn,
-    inception_v2_fpn,
     inception_v3_fpn,
     resnet18_fpn,
     resnet34_fpn,
@@ -34,7 +33,6 @@ __all__ = [
     "googlenet_v1",
     "googlenet_v1_fpn",
     "inception_v2",
-    "inception_v2_fpn",
     "inception_v3",
     "inception_v3_fpn",
     "resnet18",

@@ -23,7 +23,6 @@ from .fpn import (
     FeaturePyramidNetwork,
     fpn_backbone,
     googlenet_v1_fpn,
-    inception_v2_fpn,
     inception_v3_fpn,
     resnet18_fpn,
     resnet34_fpn,
@@ -36,11 +35,12 @@ from .fpn import (
 from .hub import from_pretrained
 from .inception import GoogLeNet, Inception3, googlenet_loss, googlenet_v1, inception_v2, inception_v3
 from .layers import FrozenBatchNorm2d
+from .loading import WeightsMismatchError
 from .optimize import OptimizedModel, optimize
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .transforms import transforms_for
 from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
-from .weights import WeightsMismatchError, register_weights
+from .weights import register_weights
 
 __version__ = "0.1.0"
 
@@ -73,7 +73,6 @@ __all__ = [
     "googlenet_v1",
     "googlenet_v1_fpn",
     "inception_v2",
-    "inception_v2_fpn",
     "inception_v3",
     "inception_v3_fpn",
     "list_models",

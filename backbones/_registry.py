@@ -234,7 +234,9 @@ def create_model(
     # What save_pretrained writes to config.json, so from_pretrained can rebuild the same network.
     model.model_config = {"architecture": arch, **build_kwargs}
     if pretrained is not False and pretrained is not None:
-        weights_mod.load_pretrained(model, arch, spec, pretrained, progress=progress, reinit_head=reinit_head)
+        from .loading import load_pretrained
+
+        load_pretrained(model, arch, spec, pretrained, progress=progress, reinit_head=reinit_head)
     if features_only:
         if entry.kind != "classifier":
             raise ValueError(

@@ -118,54 +118,47 @@ def _channels_last(model: nn.Module) -> Runner:
     return lambda x: model(x.contiguous(memory_format=torch.channels_last))
 
 
-def classifier_variants(arch: str, with_compile: bool) -> dict[str, Runner]:
-    """Every way of running ``arch`` that the benchmark compares, keyed by variant name."""
-    from . import create_model, optimize
+def _models(arch: str) -> tuple[nn.Module, nn.Module, nn.Module | None, torch.Tensor | None]:
+    """torchvision's model, ours with the same weights, timm's (or None), and the example input
+    the optimized variants pack their weights for (None: the model's own input size)."""
+    from . import create_model
 
-    tv, timm_model = _references(arch)
-    kwargs = {"aux_logits": False} if arch in {"googlenet_v1", "inception_v3"} else {}
-    ours = create_model(arch, **kwargs).eval()
+    if arch == "resnet50_fpn":
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+        tv, timm_model = resnet_fpn_backbone(backbone_name="resnet50", weights=None).eval(), None
+        example: torch.Tensor | None = torch.randn(1, 3, 800, 1344)
+    else:
+        (tv, timm_model), example = _references(arch), None
+    ours = create_model(arch, **({"aux_logits": False} if arch in {"googlenet_v1", "inception_v3"} else {})).eval()
     ours.load_state_dict(tv.state_dict())
-    variants: dict[str, Runner] = {
-        BASELINE: tv,
-        "torchvision channels_last": _channels_last(tv),
-        "torchvision bf16 autocast": _autocast(tv),
-        "ours eager fp32": ours,
-        "ours optimized fp32": optimize(ours),
-        "ours optimized bf16": optimize(ours, dtype=torch.bfloat16),
+    return tv, ours, timm_model, example
+
+
+def build_variants(arch: str, with_compile: bool, only: Sequence[str] | None = None) -> dict[str, Runner]:
+    """Every way of running ``arch`` the benchmark compares (or just those in ``only``), by name."""
+    from . import optimize
+
+    tv, ours, timm_model, example = _models(arch)
+    factories: dict[str, Callable[[], Runner]] = {
+        BASELINE: lambda: tv,
+        "torchvision channels_last": lambda: _channels_last(tv),
+        "torchvision bf16 autocast": lambda: _autocast(tv),
+        "ours eager fp32": lambda: ours,
+        "ours optimized fp32": lambda: optimize(ours, example_input=example),
+        "ours optimized bf16": lambda: optimize(ours, dtype=torch.bfloat16, example_input=example),
     }
     if timm_model is not None:
-        variants["timm eager fp32"] = timm_model
+        factories["timm eager fp32"] = lambda: timm_model
     if with_compile:
-        variants["torchvision compiled fp32"] = _compiled(tv)
-        variants["torchvision compiled bf16 autocast"] = _autocast(_compiled(tv))
-        variants["ours compiled fp32"] = optimize(ours, compile=True)
-        variants["ours compiled bf16"] = optimize(ours, dtype=torch.bfloat16, compile=True)
-    return variants
-
-
-def fpn_variants(with_compile: bool) -> dict[str, Runner]:
-    """resnet50_fpn against torchvision's resnet_fpn_backbone("resnet50")."""
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-
-    from . import create_model, optimize
-
-    tv = resnet_fpn_backbone(backbone_name="resnet50", weights=None).eval()
-    ours = create_model("resnet50_fpn").eval()
-    ours.load_state_dict(tv.state_dict())
-    variants: dict[str, Runner] = {
-        BASELINE: tv,
-        "torchvision channels_last": _channels_last(tv),
-        "torchvision bf16 autocast": _autocast(tv),
-        "ours eager fp32": ours,
-        "ours optimized fp32": optimize(ours, example_input=torch.randn(1, 3, 800, 1344)),
-        "ours optimized bf16": optimize(ours, dtype=torch.bfloat16, example_input=torch.randn(1, 3, 800, 1344)),
-    }
-    if with_compile:
-        variants["torchvision compiled fp32"] = _compiled(tv)
-        variants["ours compiled fp32"] = optimize(ours, compile=True)
-        variants["ours compiled bf16"] = optimize(ours, dtype=torch.bfloat16, compile=True)
-    return variants
+        factories["torchvision compiled fp32"] = lambda: _compiled(tv)
+        if arch != "resnet50_fpn":
+            factories["torchvision compiled bf16 autocast"] = lambda: _autocast(_compiled(tv))
+        factories["ours compiled fp32"] = lambda: optimize(ours, compile=True, example_input=example)
+        factories["ours compiled bf16"] = lambda: optimize(
+            ours, dtype=torch.bfloat16, compile=True, example_input=example
+        )
+    return {name: make() for name, make in factories.items() if only is None or name in only}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -262,14 +255,12 @@ def load_times(arch: str = "resnet50", repeats: int = 7) -> dict[str, float]:
 _MEMORY_SCRIPT = """
 import gc, json, re, sys, torch
 torch.set_num_threads({threads})
-from backbones.benchmark import classifier_variants, fpn_variants
+from backbones.benchmark import build_variants
 arch, name, batch, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 x = torch.randn(batch, 3, height, width)
-variants = fpn_variants(with_compile=False) if arch == "resnet50_fpn" else classifier_variants(arch, with_compile=False)
-run = variants.pop(name)
-del variants
+run = build_variants(arch, with_compile=False, only=[name])[name]
 gc.collect()
-# Reset the high-water mark so that building the references does not count (Linux clear_refs).
+# Reset the high-water mark so that building the model does not count (Linux clear_refs).
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 with torch.inference_mode():
@@ -283,9 +274,9 @@ print(json.dumps(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))))
 def peak_memory(arch: str, batch: int, size: tuple[int, int], names: Sequence[str], threads: int) -> dict[str, float]:
     """Peak resident memory (MiB) while one variant runs three batches, in a fresh process.
 
-    Every variant is built (they share weights), all but one are dropped, and the kernel's
-    high-water mark is reset before the runs: the figure is that variant's weights plus its
-    peak working memory, with the Python and torch runtime (the same for all) underneath.
+    Only that variant is built, and the kernel's high-water mark is reset after building: the
+    figure is its weights plus its peak working memory, above the Python and torch runtime
+    (the same for all variants).
     """
     results = {}
     for name in names:
@@ -338,13 +329,13 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
         for batch in config.batches:
             workload = f"{arch} batch {batch} {size}x{size}"
             log(workload)
-            variants = classifier_variants(arch, with_compile=batch in config.compile_batches)
+            variants = build_variants(arch, with_compile=batch in config.compile_batches)
             measurements += time_interleaved(workload, variants, torch.randn(batch, 3, size, size), config, log)
             del variants
     for height, width in config.fpn_sizes:
         workload = f"resnet50_fpn batch 1 {height}x{width}"
         log(workload)
-        variants = fpn_variants(with_compile=(height, width) == tuple(config.fpn_sizes[0]))
+        variants = build_variants("resnet50_fpn", with_compile=(height, width) == tuple(config.fpn_sizes[0]))
         measurements += time_interleaved(workload, variants, torch.randn(1, 3, height, width), config, log)
         del variants
     results: dict[str, Any] = {

@@ -146,7 +146,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     from ._registry import split_model_name
-    from .weights import get_weight_spec, load_spec_state_dict
+    from .loading import load_spec_state_dict
+    from .weights import get_weight_spec
 
     for name in args.names:
         spec = get_weight_spec(*split_model_name(name))
@@ -158,7 +159,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from . import create_model
     from .convert import convert_state_dict, detect_layout
-    from .weights import load_fitting_state_dict, read_state_dict, save_safetensors_atomic
+    from .loading import load_fitting_state_dict, read_state_dict, save_safetensors_atomic
 
     source = Path(args.input)
     state = read_state_dict(source, str(source))
@@ -210,6 +211,35 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_report(results, out / "RESULTS.md", out / "speedups.png")
     print(f"wrote {out / 'RESULTS.md'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import create_model
+    from .export import export
+
+    model = create_model(args.name, pretrained=args.pretrained, progress=not args.quiet)
+    example = None
+    if args.input:
+        import torch
+
+        example = torch.randn(args.input)
+    path = export(
+        model,
+        args.out,
+        args.format,
+        dynamic_batch=args.dynamic_batch,
+        dynamic_size=args.dynamic_size,
+        example_input=example,
+        opset=args.opset,
+        optimize=args.optimize,
+    )
+    dynamic = [d for d, on in (("batch", args.dynamic_batch), ("height/width", args.dynamic_size)) if on]
+    weights = model.pretrained_cfg.get("weights", args.pretrained) if args.pretrained else "random"
+    print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; dynamic: {', '.join(dynamic) or 'none'}; "
+        f"weights: {weights})"
+    )
     return 0
 
 
@@ -291,6 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--threads", type=int, help="intra-op threads (default: every core)")
     cmd.add_argument("--no-extras", action="store_true", help="skip memory, load, import and compile-time figures")
     cmd.add_argument("--out", default="benchmarks", help="folder for RESULTS.md and the plot (default benchmarks)")
+
+    cmd = command("export", "export a model to ONNX, torch.export (.pt2) or TorchScript", _cmd_export)
+    cmd.add_argument("name", help="architecture or arch.tag, e.g. resnet50_fpn")
+    cmd.add_argument("--out", required=True, help="the file to write (.onnx, .pt2, .pt)")
+    cmd.add_argument("--format", choices=["onnx", "pt2", "torchscript"], help="default: from the --out suffix")
+    cmd.add_argument(
+        "--pretrained", nargs="?", const=True, default=False, help="load weights: the default tag, or a TAG / FILE"
+    )
+    cmd.add_argument(
+        "--dynamic-batch", action=argparse.BooleanOptionalAction, default=True, help="let the batch vary (default on)"
+    )
+    cmd.add_argument("--dynamic-size", action="store_true", help="let height and width vary (ONNX and pt2)")
+    cmd.add_argument(
+        "--optimize", action="store_true", help="fold BatchNorm into the convolutions; ONNX: run the graph optimizer"
+    )
+    cmd.add_argument("--input", type=_parse_shape, help="example input shape N,C,H,W (default: 2 images)")
+    cmd.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
 
     cmd = command("demo", "the main job: resnet50_fpn through torch.hub on a sample image", _cmd_demo)
     cmd.add_argument("--out", default="demo_out", help="folder for the demo's pictures (default demo_out)")

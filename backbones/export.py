@@ -20,7 +20,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["DEFAULT_OPSET", "FORMATS", "ExportError", "export", "export_dynamic_shapes"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "FORMATS",
+    "ExportError",
+    "export",
+    "export_dynamic_shapes",
+    "min_dynamic_size",
+    "output_names",
+    "program_to_onnx",
+]
 
 FORMATS = ("onnx", "pt2", "torchscript")
 _SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
@@ -64,25 +73,85 @@ def _example_input(model: nn.Module, batch: int) -> torch.Tensor:
     return torch.randn(batch, channels, height, width)
 
 
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """The same network on the meta device: rebuilt from its config when it has one (instant),
+    else copied."""
+    config = getattr(model, "model_config", None)
+    if config:
+        from ._registry import create_model
+
+        options = {k: v for k, v in config.items() if k != "architecture"}
+        with torch.device("meta"):
+            return create_model(config["architecture"], **options).eval()
+    return copy.deepcopy(model).to("meta").eval()
+
+
+def min_dynamic_size(model: nn.Module, limit: int = MAX_SIZE) -> int:
+    """The smallest height/width for which every feature map of ``model`` is at least 2 pixels.
+
+    One exported graph cannot serve sizes where some map shrinks to a single pixel (PyTorch
+    treats size-1 dimensions specially, so torch.export specialises on them), so this is where
+    a dynamic height/width range starts. Found by running the model on the meta device (no
+    arithmetic, no weights in memory).
+    """
+    probe = _meta_copy(model)
+    maps: list[tuple[int, int]] = []
+
+    def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        for t in torch.utils._pytree.tree_flatten(output)[0]:
+            if isinstance(t, torch.Tensor) and t.dim() == 4:
+                maps.append((int(t.shape[-2]), int(t.shape[-1])))
+
+    hooks = [m.register_forward_hook(record) for m in probe.modules()]
+
+    def spatial_maps(size: int) -> list[tuple[int, int]]:
+        maps.clear()
+        with torch.no_grad():
+            probe(torch.empty(1, getattr(model, "in_chans", 3), size, size, device="meta"))
+        return list(maps)
+
+    def smallest_dynamic_side(size: int) -> int:
+        return min(min(m) for m, follows in zip(spatial_maps(size), dynamic, strict=True) if follows)
+
+    low = max(1, getattr(model, "min_input_size", 1))
+    try:
+        # Which maps follow the input size (a global pool's 1x1 is a constant, not a limit).
+        dynamic = [a != b for a, b in zip(spatial_maps(low + 64), spatial_maps(low + 128), strict=True)]
+        high = max(low, 64)
+        while smallest_dynamic_side(high) < 2:
+            if high >= limit:
+                raise ExportError(f"no input up to {limit}x{limit} keeps every feature map above one pixel")
+            low, high = high + 1, min(2 * high, limit)
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if smallest_dynamic_side(middle) >= 2 else (middle + 1, high)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return low
+
+
 def export_dynamic_shapes(
     model: nn.Module, dynamic_batch: bool, dynamic_size: bool
 ) -> dict[str, dict[int, Any]] | None:
     """The ``dynamic_shapes`` for torch.export / the ONNX exporter.
 
-    The batch may range over 1..1024; height and width over what the model accepts, with the
-    exact range left to torch.export (``Dim.AUTO``): a network can constrain it further (a
-    ResNet's last map must stay wider than one pixel for one compiled graph to cover all sizes).
+    The batch may range over 1..1024; height and width over :func:`min_dynamic_size`..4096.
     """
     dims: dict[int, Any] = {}
+    # Dim.DYNAMIC: must stay dynamic (an error rather than a silent specialisation), while
+    # torch.export may simplify the guards a ceil-mode pooling chain produces.
     if dynamic_batch:
-        dims[0] = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+        dims[0] = torch.export.Dim.DYNAMIC(min=1, max=MAX_BATCH)
     if dynamic_size:
-        dims[2] = torch.export.Dim.AUTO
-        dims[3] = torch.export.Dim.AUTO
+        low = min_dynamic_size(model)
+        dims[2] = torch.export.Dim.DYNAMIC(min=low, max=MAX_SIZE)
+        dims[3] = torch.export.Dim.DYNAMIC(min=low, max=MAX_SIZE)
     return {"x": dims} if dims else None
 
 
-def _output_names(model: nn.Module) -> list[str]:
+def output_names(model: nn.Module) -> list[str]:
+    """The ONNX output names: ``logits`` for classifiers, the level names for extractors and FPNs."""
     info = getattr(model, "feature_info", None)
     if info and not hasattr(model, "num_classes"):
         return [f.name for f in info]  # feature extractors and FPNs return a dict of levels
@@ -112,7 +181,7 @@ def export(
     dynamic_size: bool = False,
     example_input: torch.Tensor | None = None,
     opset: int = DEFAULT_OPSET,
-    fold_norms: bool = False,
+    optimize: bool = False,
     check: bool = True,
 ) -> Path:
     """Export ``model`` for deployment.
@@ -123,11 +192,14 @@ def export(
         format: ``"onnx"``, ``"pt2"`` (torch.export) or ``"torchscript"``; by default from the
             suffix (``.onnx``, ``.pt2``, ``.pt``).
         dynamic_batch: Let the batch size vary (ONNX and pt2).
-        dynamic_size: Let height and width vary too (ONNX and pt2).
+        dynamic_size: Let height and width vary too (ONNX and pt2), from :func:`min_dynamic_size`
+            up to 4096 pixels.
         example_input: The input traced with; by default 2 images of the model's input size.
         opset: The ONNX opset (default 18).
-        fold_norms: Fold BatchNorm into the convolutions first: a smaller inference graph whose
-            outputs equal the model's within fp32 rounding.
+        optimize: Fold BatchNorm into the convolutions first (a smaller inference graph whose
+            outputs equal the model's within fp32 rounding) and, for ONNX, run the exporter's
+            graph optimizer (constant folding, redundant-op removal). Off by default: it doubles
+            the export time, and onnxruntime optimizes the graph when it loads it anyway.
         check: Validate the ONNX file with ``onnx.checker`` after writing it.
 
     Returns:
@@ -139,43 +211,55 @@ def export(
     path = Path(path).expanduser()
     format = _format_for(path, format)
     _check_writable(path)
-    network = _prepare(model, fold_norms)
+    network = _prepare(model, fold_norms=optimize)
     x = example_input if example_input is not None else _example_input(network, batch=2)
     shapes = export_dynamic_shapes(network, dynamic_batch, dynamic_size)
     if format == "torchscript":
         torch.jit.save(torch.jit.script(network), str(path))
-    elif format == "pt2":
-        program = torch.export.export(network, (x,), dynamic_shapes=shapes)
+        return path
+    # Both other formats start from the same torch.export program.
+    program = torch.export.export(network, (x,), dynamic_shapes=shapes)
+    if format == "pt2":
         torch.export.save(program, str(path))
     else:
-        _export_onnx(network, x, path, shapes, opset, check)
+        program_to_onnx(program, path, output_names(network), opset=opset, optimize=optimize, check=check)
     return path
 
 
-def _export_onnx(
-    network: nn.Module, x: torch.Tensor, path: Path, shapes: dict[str, Any] | None, opset: int, check: bool
-) -> None:
+def program_to_onnx(
+    program: torch.export.ExportedProgram,
+    path: str | Path,
+    output_names: list[str] | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    optimize: bool = False,
+    check: bool = True,
+) -> Path:
+    """Convert a torch.export program (e.g. a loaded ``.pt2``) to ONNX; its dynamic dimensions stay dynamic.
+
+    Raises:
+        ExportError: onnx / onnxscript are not installed.
+    """
     try:
         import onnx
-        import onnxscript  # noqa: F401
+        import onnxscript  # noqa: F401 - the exporter needs it; fail early with a clear message
     except ImportError:
         raise ExportError(
             "ONNX export needs the onnx and onnxscript packages: `pip install onnx onnxscript` "
             "(or `pip install backbones[test]`)"
         ) from None
+    path = Path(path)
     torch.onnx.export(
-        network,
-        (x,),
-        str(path),
+        program,
+        f=str(path),
         dynamo=True,
-        dynamic_shapes=shapes,
         opset_version=opset,
         input_names=[INPUT_NAME],
-        output_names=_output_names(network),
+        output_names=output_names,
         external_data=False,
+        optimize=optimize,
         verbose=False,
     )
     if check:
-        import onnx
-
         onnx.checker.check_model(str(path), full_check=True)
+    return path

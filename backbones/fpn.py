@@ -32,7 +32,6 @@ __all__ = [
     "LastLevelP6P7",
     "fpn_backbone",
     "googlenet_v1_fpn",
-    "inception_v2_fpn",
     "inception_v3_fpn",
     "resnet18_fpn",
     "resnet34_fpn",
@@ -328,12 +327,6 @@ def vgg19_fpn(**kwargs: Any) -> BackboneWithFPN:
 def googlenet_v1_fpn(**kwargs: Any) -> BackboneWithFPN:
     """GoogLeNet + FPN on conv3, inception3b, 4e, 5b (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("googlenet_v1", **kwargs)
-
-
-@register_model(family="inception", kind="fpn", default_cfg={"input_size": (3, 299, 299)})
-def inception_v2_fpn(**kwargs: Any) -> BackboneWithFPN:
-    """Inception v2 + FPN on Conv2d_4a, Mixed_5d, 6e, 7c (strides 4..32) and 'pool' (64), 256 channels."""
-    return fpn_backbone("inception_v2", **kwargs)
 
 
 @register_model(family="inception", kind="fpn", default_cfg={"input_size": (3, 299, 299)})

@@ -108,7 +108,7 @@ def from_pretrained(
         >>> model = backbones.from_pretrained("someone/my-finetuned-resnet")
     """
     from ._registry import create_model
-    from .weights import load_fitting_state_dict, load_local_state_dict
+    from .loading import load_fitting_state_dict, load_local_state_dict
 
     config = load_config(repo_id_or_dir, revision=revision)
     reinit_head = overrides.pop("reinit_head", False)
@@ -133,7 +133,7 @@ class HubMixin:
         Returns:
             The folder.
         """
-        from .weights import save_safetensors_atomic
+        from .loading import save_safetensors_atomic
 
         folder = Path(save_directory).expanduser()
         config = model_config_json(self)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "AdaptiveAvgPool2d",
     "ConvBnAct",
     "FrozenBatchNorm2d",
     "NormLayer",
@@ -159,6 +160,47 @@ class ConvBnAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+def _adaptive_avg_pool_1d_by_sums(x: Tensor, dim: int, out: int) -> Tensor:
+    """Adaptive average pooling along ``dim`` as differences of prefix sums, with bin edges
+    computed from the (possibly symbolic) input size: PyTorch's bins, start = floor(i * n / out)
+    and end = ceil((i + 1) * n / out)."""
+    n = x.shape[dim]
+    index = torch.arange(out, device=x.device)
+    starts = (index * n) // out
+    ends = ((index + 1) * n + out - 1) // out
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [1, 0]
+    sums = F.pad(x.cumsum(dim), pad)  # sums[k] = x[0] + ... + x[k - 1]
+    total = sums.index_select(dim, ends) - sums.index_select(dim, starts)
+    shape = [1] * x.dim()
+    shape[dim] = out
+    return total / (ends - starts).to(x.dtype).reshape(shape)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` that also exports with a dynamic input size.
+
+    ONNX has no adaptive pooling: exporters turn it into a fixed-kernel pool computed for the
+    example's size, wrong at any other size. While torch.export traces (the ONNX exporter
+    included), this layer computes the same bins from prefix sums instead, which follow the
+    input size; otherwise it is PyTorch's own kernel.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Two ifs, not one: TorchScript skips this whole block, and must never see is_exporting.
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if torch.compiler.is_exporting():
+                return self._pool_by_sums(x)
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    @torch.jit.unused
+    def _pool_by_sums(self, x: Tensor) -> Tensor:
+        size = self.output_size
+        height, width = (size, size) if isinstance(size, int) else size
+        height = x.shape[-2] if height is None else height
+        width = x.shape[-1] if width is None else width
+        return _adaptive_avg_pool_1d_by_sums(_adaptive_avg_pool_1d_by_sums(x, -2, height), -1, width)
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:

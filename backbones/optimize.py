@@ -78,13 +78,6 @@ class OptimizedModel(nn.Module):
         )
 
 
-def _example_input(model: nn.Module, batch: int) -> Tensor:
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    channels, height, width = cfg.get("input_size", (getattr(model, "in_chans", 3), 224, 224))
-    size = max(height, getattr(model, "min_input_size", 1))
-    return torch.randn(batch, channels, size, max(width, size))
-
-
 def optimize(
     model: nn.Module,
     dtype: torch.dtype = torch.float32,
@@ -102,8 +95,8 @@ def optimize(
         compile: Run the network with ``torch.compile`` and freezing (inductor's CPU backend).
             The first call compiles (tens of seconds for a ResNet-50); later processes reuse
             inductor's on-disk cache.
-        example_input: An input of the shape you will usually feed (weights are packed for it);
-            by default the model's ``pretrained_cfg`` input size with batch 8.
+        example_input: An input of the shape you will usually feed: the oneDNN weights are
+            packed for it now rather than on the first call of that shape.
 
     Returns:
         An :class:`OptimizedModel`.
@@ -118,13 +111,13 @@ def optimize(
     network = torch.fx.GraphModule(source, graph, class_name=f"Optimized{type(model).__name__}")
     folded = fold_batch_norm(network)
     network = network.to(dtype=dtype, memory_format=torch.channels_last)
-    example = (example_input if example_input is not None else _example_input(model, batch=8)).to(
-        dtype=dtype, memory_format=torch.channels_last
-    )
+    example = None
+    if example_input is not None:
+        example = example_input.to(dtype=dtype, memory_format=torch.channels_last)
     fused = 0
     if compile:
         network = torch.compile(network, options={"freezing": True})
-    elif mkldnn_fusion_available() and example.device.type == "cpu":
+    elif mkldnn_fusion_available() and next(iter([*network.parameters(), torch.empty(0)])).device.type == "cpu":
         fused = fuse_conv_pointwise(network, example)
     result = OptimizedModel(network, model, dtype, compiled=compile)
     result.folded_norms, result.fused_convolutions = folded, fused

@@ -20,7 +20,7 @@ from torch import Tensor
 from ._registry import register_model
 from .base import Backbone
 from .features import FeatureInfo
-from .layers import NormLayer, resolve_norm_layer, same_padding
+from .layers import AdaptiveAvgPool2d, NormLayer, resolve_norm_layer, same_padding
 
 __all__ = [
     "VGG",
@@ -96,7 +96,7 @@ class VGG(Backbone):
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             feature_info.append(FeatureInfo(f"pool{stage}", width, 2**stage, f"features.{len(layers) - 1}"))
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((POOLED_SIZE, POOLED_SIZE))
+        self.avgpool = AdaptiveAvgPool2d((POOLED_SIZE, POOLED_SIZE))
         self.classifier = nn.Sequential(
             nn.Linear(channels * POOLED_SIZE * POOLED_SIZE, HIDDEN_WIDTH),
             nn.ReLU(inplace=True),

@@ -91,14 +91,6 @@ def test_torchscript_round_trip_gives_the_same_output(model: torch.nn.Module, tm
         assert relative_max_diff(loaded(x), model(x)) <= 1e-6
 
 
-def test_torch_export_gives_the_same_output(model: torch.nn.Module) -> None:
-    model.eval()
-    x = torch.randn(2, 3, test_input_size(model), test_input_size(model))
-    exported = torch.export.export(model, (x,))
-    with torch.no_grad():
-        assert relative_max_diff(exported.module()(x), model(x)) <= 1e-6
-
-
 def test_channels_last_input_gives_the_same_output(model: torch.nn.Module) -> None:
     model.eval()
     x = torch.randn(2, 3, test_input_size(model), test_input_size(model))

@@ -15,7 +15,7 @@ import torch
 import backbones
 from backbones.convert import convert_state_dict
 
-from .helpers import relative_max_diff
+from .helpers import flatten_outputs, relative_max_diff
 from .references import REFERENCES, Reference
 
 TOLERANCE = 1e-5
@@ -66,6 +66,10 @@ def test_outputs_match_reference(ref: Reference, size: tuple[int, int], batch: i
     ours, theirs = _run_both(ref, x, mode)
     diff = relative_max_diff(ours, theirs)
     record_property("relative_max_diff", diff)
+    record_property(
+        "max_abs_diff",
+        max((a - b).abs().max().item() for a, b in zip(*map(flatten_outputs, (ours, theirs)), strict=True)),
+    )
     assert diff <= TOLERANCE, f"{ref.id} {size} batch {batch} {mode}: relative max diff {diff:.3g}"
 
 

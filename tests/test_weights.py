@@ -18,6 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 
 import backbones
 from backbones import WeightsIntegrityError, WeightsMismatchError, WeightsUnavailableError
+from backbones.loading import save_safetensors_atomic
 from backbones.weights import get_weight_spec, register_weights
 
 from .helpers import REPO_ROOT, copy_checkout, relative_max_diff, run_python
@@ -233,7 +234,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path: Path) -> None:
     state.pop("layer1.0.conv1.weight")
     state["extra.weight"] = torch.zeros(1)
     path = tmp_path / "broken.safetensors"
-    backbones.weights.save_safetensors_atomic(state, path)
+    save_safetensors_atomic(state, path)
     with pytest.raises(
         WeightsMismatchError, match=r"missing keys: layer1.0.conv1.weight; unexpected keys: extra.weight"
     ):

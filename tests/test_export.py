@@ -1,0 +1,176 @@
+"""Deployment: every model exports to ONNX (checked in onnxruntime) and torch.export, dynamically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import backbones
+from backbones import ExportError
+from backbones.export import min_dynamic_size, output_names, program_to_onnx
+
+from .helpers import assert_one_line_error, fresh_model, relative_max_diff, run_cli
+
+ALL_MODELS = backbones.list_models()
+TOLERANCE = 1e-4
+
+
+def _sizes(name: str, model: torch.nn.Module) -> list[tuple[int, int]]:
+    """Two sizes inside the exported range: the issue's for FPNs, else the smallest and an odd one."""
+    if backbones._registry.get_model_entry(name).kind == "fpn":
+        return [(224, 224), (320, 480)]
+    base = max(96, min_dynamic_size(model))
+    return [(base, base), (base + 33, base + 64)]
+
+
+def _session(path: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _onnx_outputs(path: Path, x: torch.Tensor, session=None) -> list[np.ndarray]:
+    session = session or _session(path)
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_model_exports_to_pt2_and_onnx_that_match_eager_at_two_batches_and_sizes(name: str, tmp_path: Path) -> None:
+    """torch.export round trip (save, load, run) and ONNX in onnxruntime, both dynamic in batch and size.
+
+    The ONNX file is made from the loaded program: ``backbones.export(..., "x.onnx")`` runs the
+    same two steps (torch.export, then this conversion), so one trace serves both checks.
+    """
+    import onnx
+
+    model = fresh_model(name).eval()
+    pt2 = backbones.export(model, tmp_path / f"{name}.pt2", dynamic_batch=True, dynamic_size=True)
+    program = torch.export.load(str(pt2))
+    loaded = program.module()
+    onnx_path = program_to_onnx(program, tmp_path / f"{name}.onnx", output_names(model))
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    assert graph.input[0].name == "images" and [o.name for o in graph.output] == output_names(model)
+    assert not any("aux" in node.name.lower() for node in graph.node)  # auxiliary heads are not exported
+    session = _session(onnx_path)
+    small, large = _sizes(name, model)
+    # ONNX at both sizes and both batches; the pt2 program (slower to run) at two of them.
+    for (height, width), batch, with_pt2 in ((small, 1, True), (small, 3, False), (large, 1, False), (large, 3, True)):
+        x = torch.randn(batch, 3, height, width)
+        with torch.no_grad():
+            expected = model(x)
+            if with_pt2:
+                # Equal up to fp32 rounding: VGG's exported pooling sums where eager averages directly.
+                assert relative_max_diff(loaded(x), expected) <= 1e-5, f"pt2 {height}x{width} batch {batch}"
+        got = [torch.from_numpy(t) for t in _onnx_outputs(onnx_path, x, session)]
+        diff = relative_max_diff(got, expected)
+        assert diff <= TOLERANCE, f"onnx {height}x{width} batch {batch}: relative diff {diff:.2e}"
+
+
+def test_fpn_exports_to_onnx_with_upsampling_that_follows_the_input_size(tmp_path: Path) -> None:
+    model = fresh_model("resnet18_fpn").eval()
+    path = backbones.export(model, tmp_path / "fpn.onnx", dynamic_size=True)
+    session = _session(path)
+    assert [o.name for o in session.get_outputs()] == ["0", "1", "2", "3", "pool"]
+    for size in ((224, 224), (320, 480)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected = model(x)
+        got = [torch.from_numpy(t) for t in _onnx_outputs(path, x, session)]
+        assert relative_max_diff(got, expected) <= TOLERANCE
+
+
+def test_torchscript_export_round_trip(tmp_path: Path) -> None:
+    model = fresh_model("googlenet_v1").train()  # exported as eval, whatever the mode
+    path = backbones.export(model, tmp_path / "googlenet.pt")
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert relative_max_diff(torch.jit.load(str(path))(x), model.eval()(x)) <= 1e-6
+
+
+def test_optimize_folds_batchnorm_and_keeps_the_outputs(tmp_path: Path) -> None:
+    import onnx
+
+    model = fresh_model("resnet18").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+
+    def norms(path: Path) -> int:
+        program = torch.export.load(str(path))
+        return sum("batch_norm" in str(node.target) for node in program.graph.nodes)
+
+    plain = backbones.export(model, tmp_path / "plain.pt2")
+    folded = backbones.export(model, tmp_path / "folded.pt2", optimize=True)
+    assert norms(plain) == 20 and norms(folded) == 0
+    assert relative_max_diff(torch.export.load(str(folded)).module()(x), expected) <= TOLERANCE
+    onnx_path = backbones.export(model, tmp_path / "folded.onnx", optimize=True)
+    assert relative_max_diff(torch.from_numpy(_onnx_outputs(onnx_path, x)[0]), expected) <= TOLERANCE
+    assert not any(n.op_type == "BatchNormalization" for n in onnx.load(str(onnx_path)).graph.node)
+
+
+def test_dynamic_size_range_starts_where_every_map_keeps_two_pixels() -> None:
+    assert min_dynamic_size(fresh_model("resnet18")) == 33  # 32 pixels leave layer4 with one
+    model = fresh_model("inception_v3").eval()
+    low = min_dynamic_size(model)
+    features = backbones.FeatureExtractor(model)
+    with torch.no_grad():
+        at_low = features(torch.randn(1, 3, low, low))
+        below = features(torch.randn(1, 3, low - 1, low - 1))
+    assert min(t.shape[-1] for t in at_low.values()) == 2
+    assert min(t.shape[-1] for t in below.values()) == 1
+
+
+def test_static_batch_export_has_fixed_dimensions(tmp_path: Path) -> None:
+    import onnx
+
+    path = backbones.export(fresh_model("resnet18"), tmp_path / "static.onnx", dynamic_batch=False)
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, 224, 224]
+
+
+def test_export_with_pretrained_weights_from_the_hub_matches_pytorch(hub_server, caches, tmp_path: Path) -> None:
+    from safetensors.torch import save
+
+    weights = backbones.create_model("resnet18").state_dict()
+    hub_server.publish("timm/resnet18.tv_in1k", {"model.safetensors": save(weights)})
+    out = tmp_path / "pretrained.onnx"
+    result = run_cli("export", "resnet18.tv_in1k", "--pretrained", "--out", str(out), "--quiet", env=caches)
+    assert result.returncode == 0, result.stderr
+    assert "weights: resnet18.tv_in1k" in result.stdout
+    model = backbones.create_model("resnet18.tv_in1k", pretrained=True, progress=False).eval()
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        assert relative_max_diff(torch.from_numpy(_onnx_outputs(out, x)[0]), model(x)) <= TOLERANCE
+
+
+def test_unsupported_format_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"unsupported export format 'tflite'; use one of onnx, pt2, torchscript"):
+        backbones.export(fresh_model("resnet18"), tmp_path / "m.tflite", format="tflite")
+    with pytest.raises(ExportError, match=r"cannot tell the format from 'm.bin'"):
+        backbones.export(fresh_model("resnet18"), tmp_path / "m.bin")
+
+
+def test_unwritable_paths_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"the folder .*no-such-folder does not exist"):
+        backbones.export(fresh_model("resnet18"), tmp_path / "no-such-folder" / "m.onnx")
+    folder = tmp_path / "a-folder.onnx"
+    folder.mkdir()
+    with pytest.raises(ExportError, match="it is a folder"):
+        backbones.export(fresh_model("resnet18"), folder)
+
+
+def test_cli_export_errors_are_one_line(tmp_path: Path) -> None:
+    result = run_cli("export", "resnet18", "--out", str(tmp_path / "missing" / "m.onnx"))
+    assert_one_line_error(result, "cannot write", "does not exist")
+    result = run_cli("export", "resnet18", "--out", str(tmp_path / "m.bin"))
+    assert_one_line_error(result, "cannot tell the format")
+
+
+def test_readme_has_a_deployment_section() -> None:
+    from .helpers import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "## Deployment" in readme and "backbones export" in readme and "onnxruntime" in readme
