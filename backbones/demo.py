@@ -96,11 +96,15 @@ def run_demo(out_dir: str | Path = "demo_out", seconds: float = 2.0) -> dict[str
     print(f"\npyramid of the {x.shape[2]}x{x.shape[3]} sample image:")
     for info, level in zip(model.feature_info, pyramid.values(), strict=True):
         print(f"  {info.name:<5} {tuple(level.shape)!s:<22} stride {info.stride}")
-    rate = _throughput(model, x, seconds)
-    print(
-        f"throughput: {rate:.2f} images/s (batch 1, {x.shape[2]}x{x.shape[3]}, {torch.get_num_threads()} threads,"
-        " eager fp32)"
-    )
+    from .optimize import optimize
+
+    rates = {
+        "eager fp32": _throughput(model, x, seconds),
+        "optimized fp32": _throughput(optimize(model, example_input=x), x, seconds),
+        "optimized bf16": _throughput(optimize(model, dtype=torch.bfloat16, example_input=x), x, seconds),
+    }
+    shown = ", ".join(f"{name} {rate:.2f}" for name, rate in rates.items())
+    print(f"throughput (images/s, batch 1, {x.shape[2]}x{x.shape[3]}, {torch.get_num_threads()} threads): {shown}")
     picture = save_feature_picture(
         out_dir / "features.png", image, {k: v[0] for k, v in pyramid.items()}, [f.stride for f in model.feature_info]
     )
@@ -110,7 +114,7 @@ def run_demo(out_dir: str | Path = "demo_out", seconds: float = 2.0) -> dict[str
     return {
         "weights": reason,
         "pyramid": {k: tuple(v.shape) for k, v in pyramid.items()},
-        "throughput": rate,
+        "throughput": rates,
         "picture": picture,
         "top5": top5,
     }

@@ -26,7 +26,9 @@ def test_demo_runs_offline_with_random_weights_and_says_so(caches, monkeypatch, 
         "3": (1, 256, 15, 20),
         "pool": (1, 256, 8, 10),
     }
-    assert "stride 64" in out and f"throughput: {report['throughput']:.2f} images/s" in out
+    assert "stride 64" in out and "throughput (images/s, batch 1, 480x640" in out
+    assert set(report["throughput"]) == {"eager fp32", "optimized fp32", "optimized bf16"}
+    assert f"optimized bf16 {report['throughput']['optimized bf16']:.2f}" in out
     assert Path(report["picture"]).read_bytes()[:4] == b"\x89PNG"
     assert "resnet50 top-5: skipped" in out and report["top5"] is None
 
