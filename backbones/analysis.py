@@ -163,7 +163,8 @@ class LayerRow:
         name: Qualified module name (``layer1.0.conv1``).
         type: Module class name.
         depth: Nesting depth (0 = direct child of the model).
-        output_shape: Shape of the output (the first tensor for modules returning several).
+        output_shape: Shape of the output (for modules returning several tensors, the first
+            one they compute rather than pass through).
         params: Parameters of this module and its children.
         trainable: Those with ``requires_grad``.
         macs: Multiply-accumulates of this module and its children (FLOPs / 2).
@@ -248,11 +249,15 @@ def _si(value: float) -> str:
     return str(int(value))
 
 
-def _first_tensor(output: Any) -> Tensor | None:
-    for item in tree_flatten(output)[0]:
-        if isinstance(item, Tensor):
-            return item
-    return None
+def _tensor_ids(values: Any) -> set[int]:
+    return {id(item) for item in tree_flatten(values)[0] if isinstance(item, Tensor)}
+
+
+def _representative_output(output: Any, input_ids: set[int]) -> Tensor | None:
+    """The first tensor the module computed, not one it passed through (an FPN's extra block
+    returns every level with its own appended); the first tensor when all are passed through."""
+    tensors = [item for item in tree_flatten(output)[0] if isinstance(item, Tensor)]
+    return next((t for t in tensors if id(t) not in input_ids), tensors[0] if tensors else None)
 
 
 def summary(
@@ -283,15 +288,19 @@ def summary(
     leaf_bytes = 0
     tracker = _ReceptiveFieldMode()
 
-    def pre_hook(module: nn.Module, _inputs: Any) -> None:
+    input_ids: dict[nn.Module, set[int]] = {}
+
+    def pre_hook(module: nn.Module, inputs: Any) -> None:
         # Rows follow the order in which modules start running: a block before its layers.
         if names[module] not in order:
             order.append(names[module])
+        # Taken before the call: a module may append its outputs to a list it was given.
+        input_ids[module] = _tensor_ids(inputs)
 
     def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
         nonlocal leaf_bytes
         name = names[module]
-        tensor = _first_tensor(output)
+        tensor = _representative_output(output, input_ids.get(module, set()))
         outputs[name] = (
             tensor.shape if tensor is not None else (),
             tracker.lookup(tensor) if tensor is not None else None,

@@ -72,15 +72,27 @@ def test_summary_shapes_are_the_real_forward_pass_shapes(name: str) -> None:
     model = fresh_model(name).eval()
     size = (1, 3, 96, 96) if model.min_input_size <= 96 else (1, 3, 160, 160)
     real: dict[str, tuple[int, ...]] = {}
+    passed_in: dict[str, list[torch.Tensor]] = {}
 
-    def record(name: str):
-        def hook(_module, _inputs, output) -> None:
-            first = next(t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor))
-            real.setdefault(name, tuple(first.shape))
+    def tensors(values) -> list[torch.Tensor]:
+        return [t for t in tree_flatten(values)[0] if isinstance(t, torch.Tensor)]
+
+    def remember_inputs(name: str):
+        def hook(_module, inputs) -> None:
+            passed_in[name] = tensors(inputs)  # a copy of the list: modules may append to theirs
 
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n and n.count(".") <= 1]
+    def record(name: str):
+        def hook(_module, _inputs, output) -> None:
+            computed = [t for t in tensors(output) if not any(t is seen for seen in passed_in[name])]
+            real.setdefault(name, tuple((computed or tensors(output))[0].shape))
+
+        return hook
+
+    listed = [(n, m) for n, m in model.named_modules() if n and n.count(".") <= 1]
+    hooks = [m.register_forward_pre_hook(remember_inputs(n)) for n, m in listed]
+    hooks += [m.register_forward_hook(record(n)) for n, m in listed]
     with torch.no_grad():
         model(torch.randn(size))
     for hook in hooks:
@@ -88,6 +100,14 @@ def test_summary_shapes_are_the_real_forward_pass_shapes(name: str) -> None:
     rows = summary(model, size, depth=1).rows
     checked = [row for row in rows if row.name in real]
     assert checked and all(row.output_shape == real[row.name] for row in checked)
+
+
+def test_summary_shows_the_level_an_fpn_extra_block_adds_with_its_stride() -> None:
+    model = fresh_model("resnet18_fpn").eval()
+    with torch.no_grad():
+        pool = model(torch.randn(1, 3, 128, 192))["pool"]
+    row = next(row for row in summary(model, (1, 3, 128, 192), depth=1).rows if row.name == "fpn.extra_blocks")
+    assert row.output_shape == tuple(pool.shape) and row.stride == 64
 
 
 @pytest.mark.parametrize("name", FAMILY_EXAMPLES)
