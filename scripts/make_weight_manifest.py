@@ -93,6 +93,21 @@ def _torchvision_entry(builder: str, weight_name: str) -> tuple[dict, dict]:
     }, preprocessing
 
 
+def _timm_hub_entry(cfg, top1: float, top5: float, input_size: int, source: str) -> dict:
+    """An entry for weights timm publishes on the Hub in torchvision's key layout."""
+    return {
+        "hf_hub_id": cfg.hf_hub_id,
+        "hf_hub_filename": "model.safetensors",
+        "layout": "torchvision",
+        "sha256": None,
+        "preprocessing": _preprocessing_from_timm(cfg),
+        "classes": IMAGENET,
+        "metrics": {"dataset": IMAGENET, "top1": top1, "top5": top5, "input_size": input_size, "reported_by": "timm"},
+        "license": cfg.license,
+        "source": source,
+    }
+
+
 def build_manifest() -> dict:
     models: dict[str, dict] = {}
 
@@ -130,51 +145,13 @@ def build_manifest() -> dict:
 
     for arch, (top1, top5) in TIMM_A1_RESULTS.items():
         cfg = timm.models.get_pretrained_cfg(f"{arch}.a1_in1k")
-        add(
-            arch,
-            "a1_in1k",
-            {
-                "hf_hub_id": cfg.hf_hub_id,
-                "hf_hub_filename": "model.safetensors",
-                "layout": "torchvision",
-                "sha256": None,
-                "preprocessing": _preprocessing_from_timm(cfg),
-                "classes": IMAGENET,
-                "metrics": {
-                    "dataset": IMAGENET,
-                    "top1": top1,
-                    "top5": top5,
-                    "input_size": cfg.test_input_size[-1],
-                    "reported_by": "timm",
-                },
-                "license": cfg.license,
-                "source": f"timm {arch}.a1_in1k (ResNet strikes back, recipe A1, {cfg.paper_ids})",
-            },
-        )
+        source = f"timm {arch}.a1_in1k (ResNet strikes back, recipe A1, {cfg.paper_ids})"
+        add(arch, "a1_in1k", _timm_hub_entry(cfg, top1, top5, cfg.test_input_size[-1], source))
 
     cfg = timm.models.get_pretrained_cfg("inception_v3.tv_in1k")
-    add(
-        "inception_v3",
-        "tv_in1k",
-        {
-            "hf_hub_id": cfg.hf_hub_id,
-            "hf_hub_filename": "model.safetensors",
-            "layout": "torchvision",
-            "sha256": None,
-            "preprocessing": _preprocessing_from_timm(cfg),
-            "classes": IMAGENET,
-            "metrics": {
-                "dataset": IMAGENET,
-                "top1": TIMM_INCEPTION_V3_TV[0],
-                "top5": TIMM_INCEPTION_V3_TV[1],
-                "input_size": 299,
-                "reported_by": "timm",
-            },
-            "license": cfg.license,
-            "num_params": 27_161_264,
-            "source": f"torchvision inception_v3_google ({cfg.url}), republished by timm as {cfg.hf_hub_id}",
-        },
-    )
+    source = f"torchvision inception_v3_google ({cfg.url}), republished by timm as {cfg.hf_hub_id}"
+    entry = _timm_hub_entry(cfg, *TIMM_INCEPTION_V3_TV, 299, source)
+    add("inception_v3", "tv_in1k", {**entry, "num_params": 27_161_264})
 
     detection = torchvision.models.get_model_weights("fasterrcnn_resnet50_fpn")["COCO_V1"]
     add(
