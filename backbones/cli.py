@@ -203,7 +203,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         compile_batches=args.compile_batches,
         fpn_sizes=args.fpn_sizes,
         seconds_per_workload=args.seconds,
-        threads=args.threads or BenchmarkConfig().threads,
+        **({"threads": args.threads} if args.threads else {}),
         extras=not args.no_extras,
     )
     results = run_benchmarks(config)
@@ -312,12 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--private", action="store_true", help="create the repo as private")
     cmd.add_argument("--token", help="a Hub token (default: HF_TOKEN or the stored login)")
 
+    from .benchmark import BenchmarkConfig
+
+    bench = BenchmarkConfig()  # the one place the benchmark's defaults are written
     cmd = command("bench", "time our models against torchvision and timm; write RESULTS.md", _cmd_bench)
-    cmd.add_argument("--models", nargs="+", default=["resnet50", "vgg19", "googlenet_v1", "inception_v3"])
-    cmd.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    cmd.add_argument("--compile-batches", nargs="*", type=int, default=[8], help="batches with torch.compile variants")
-    cmd.add_argument("--fpn-sizes", nargs="*", type=_parse_size, default=[(800, 1344), (512, 864)])
-    cmd.add_argument("--seconds", type=float, default=40.0, help="time budget per workload (default 40)")
+    cmd.add_argument("--models", nargs="+", default=list(bench.models))
+    cmd.add_argument("--batches", nargs="+", type=int, default=list(bench.batches))
+    cmd.add_argument(
+        "--compile-batches",
+        nargs="*",
+        type=int,
+        default=list(bench.compile_batches),
+        help="batches with torch.compile variants",
+    )
+    cmd.add_argument("--fpn-sizes", nargs="*", type=_parse_size, default=list(bench.fpn_sizes))
+    cmd.add_argument(
+        "--seconds",
+        type=float,
+        default=bench.seconds_per_workload,
+        help=f"time budget per workload (default {bench.seconds_per_workload:g})",
+    )
     cmd.add_argument("--threads", type=int, help="intra-op threads (default: every core)")
     cmd.add_argument("--no-extras", action="store_true", help="skip memory, load, import and compile-time figures")
     cmd.add_argument("--out", default="benchmarks", help="folder for RESULTS.md and the plot (default benchmarks)")

@@ -2,7 +2,7 @@
 
 Usage (from the repository root, after `make test` or `make demo` created .venv):
 
-    OMP_NUM_THREADS=$(nproc) .venv/bin/python benchmarks/bench.py             # the full run (~40 min on 2 cores)
+    OMP_NUM_THREADS=$(nproc) .venv/bin/python benchmarks/bench.py             # the full run (~15 min on 2 cores)
     .venv/bin/python benchmarks/bench.py --models resnet50 --batches 8 --fpn-sizes 800x1344 --seconds 10
 """
 
