@@ -159,13 +159,11 @@ def output_names(model: nn.Module) -> list[str]:
 
 
 def _prepare(model: nn.Module, fold_norms: bool) -> nn.Module:
-    model = copy.deepcopy(model).eval()
     if not fold_norms:
-        return model
-    from .fusion import InferenceTracer, fold_batch_norm
+        return copy.deepcopy(model).eval()
+    from .fusion import folded_copy
 
-    traced = torch.fx.GraphModule(model, InferenceTracer().trace(model), class_name=type(model).__name__)
-    fold_batch_norm(traced)
+    traced, _ = folded_copy(model)
     for name in ("feature_info", "num_classes", "pretrained_cfg", "in_chans", "min_input_size"):
         if hasattr(model, name):
             setattr(traced, name, getattr(model, name))
@@ -212,11 +210,11 @@ def export(
     format = _format_for(path, format)
     _check_writable(path)
     network = _prepare(model, fold_norms=optimize)
-    x = example_input if example_input is not None else _example_input(network, batch=2)
-    shapes = export_dynamic_shapes(network, dynamic_batch, dynamic_size)
     if format == "torchscript":
         torch.jit.save(torch.jit.script(network), str(path))
         return path
+    x = example_input if example_input is not None else _example_input(network, batch=2)
+    shapes = export_dynamic_shapes(network, dynamic_batch, dynamic_size)
     # Both other formats start from the same torch.export program.
     program = torch.export.export(network, (x,), dynamic_shapes=shapes)
     if format == "pt2":

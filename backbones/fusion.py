@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +24,14 @@ from torch import Tensor
 
 from .layers import FrozenBatchNorm2d
 
-__all__ = ["FusedConv2d", "InferenceTracer", "fold_batch_norm", "fuse_conv_pointwise", "mkldnn_fusion_available"]
+__all__ = [
+    "FusedConv2d",
+    "InferenceTracer",
+    "fold_batch_norm",
+    "folded_copy",
+    "fuse_conv_pointwise",
+    "mkldnn_fusion_available",
+]
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -92,6 +100,19 @@ def fold_batch_norm(gm: torch.fx.GraphModule) -> int:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return folded
+
+
+def folded_copy(model: nn.Module, class_name: str | None = None) -> tuple[torch.fx.GraphModule, int]:
+    """An eval-mode copy of ``model`` as a traced graph with its BatchNorms folded (``model`` is untouched).
+
+    Returns:
+        The graph module (named ``class_name``, by default the model's class name) and how many
+        BatchNorm layers were folded.
+    """
+    source = copy.deepcopy(model).eval()
+    graph = InferenceTracer().trace(source)
+    traced = torch.fx.GraphModule(source, graph, class_name=class_name or type(model).__name__)
+    return traced, fold_batch_norm(traced)
 
 
 def _set_submodule(gm: nn.Module, target: str, module: nn.Module) -> None:
