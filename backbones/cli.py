@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--token", help="a Hub token (default: HF_TOKEN or the stored login)")
 
     from .benchmark import BenchmarkConfig
+    from .export import DEFAULT_OPSET, FORMATS
 
     bench = BenchmarkConfig()  # the one place the benchmark's defaults are written
     cmd = command("bench", "time our models against torchvision and timm; write RESULTS.md", _cmd_bench)
@@ -339,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = command("export", "export a model to ONNX, torch.export (.pt2) or TorchScript", _cmd_export)
     cmd.add_argument("name", help="architecture or arch.tag, e.g. resnet50_fpn")
     cmd.add_argument("--out", required=True, help="the file to write (.onnx, .pt2, .pt)")
-    cmd.add_argument("--format", choices=["onnx", "pt2", "torchscript"], help="default: from the --out suffix")
+    cmd.add_argument("--format", choices=FORMATS, help="default: from the --out suffix")
     cmd.add_argument(
         "--pretrained", nargs="?", const=True, default=False, help="load weights: the default tag, or a TAG / FILE"
     )
@@ -351,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimize", action="store_true", help="fold BatchNorm into the convolutions; ONNX: run the graph optimizer"
     )
     cmd.add_argument("--input", type=_parse_shape, help="example input shape N,C,H,W (default: 2 images)")
-    cmd.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    cmd.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
 
     cmd = command("demo", "the main job: resnet50_fpn through torch.hub on a sample image", _cmd_demo)
