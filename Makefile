@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
-	$(PY) -m ruff check backbones tests benchmarks hubconf.py
-	$(PY) -m ruff format --check backbones tests benchmarks hubconf.py
+	$(PY) -m ruff check backbones tests benchmarks weights hubconf.py
+	$(PY) -m ruff format --check backbones tests benchmarks weights hubconf.py
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=$$(nproc) $(PY) benchmarks/bench.py

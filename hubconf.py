@@ -12,21 +12,34 @@ Every entrypoint takes ``pretrained`` (False, True, a weight tag or a file path)
 
 dependencies = ["torch", "safetensors", "huggingface_hub"]
 
-from backbones import create_model  # noqa: E402
-from backbones.fpn import (  # noqa: E402
+from backbones import (  # noqa: E402 - torch.hub reads `dependencies` first
+    create_model,
+    googlenet_v1,
     googlenet_v1_fpn,
+    inception_v2,
+    inception_v3,
     inception_v3_fpn,
+    resnet18,
     resnet18_fpn,
+    resnet34,
     resnet34_fpn,
+    resnet50,
     resnet50_fpn,
+    resnet101,
     resnet101_fpn,
+    resnet152,
     resnet152_fpn,
+    vgg11,
+    vgg11_bn,
+    vgg13,
+    vgg13_bn,
+    vgg16,
+    vgg16_bn,
     vgg16_fpn,
+    vgg19,
+    vgg19_bn,
     vgg19_fpn,
 )
-from backbones.inception import googlenet_v1, inception_v2, inception_v3  # noqa: E402
-from backbones.resnet import resnet18, resnet34, resnet50, resnet101, resnet152  # noqa: E402
-from backbones.vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn  # noqa: E402
 
 __all__ = [
     "create_model",

@@ -6,19 +6,18 @@ Example:
     >>> extractor = backbones.create_model("resnet50", features_only=True, out_indices=(1, 2, 3, 4))
 """
 
-from ._registry import (
-    UnknownModelError,
-    create_model,
-    list_models,
-    list_pretrained,
-    register_model,
-    split_model_name,
-)
-from .base import Backbone
-from .download import WeightsError, WeightsIntegrityError, WeightsUnavailableError
-from .export import ExportError, export
-from .features import FeatureExtractor, FeatureInfo
-from .fpn import (
+from backbones.core.features import FeatureInfo
+from backbones.core.layers import FrozenBatchNorm2d
+from backbones.core.registry import UnknownModelError, split_model_name
+from backbones.core.version import __version__
+from backbones.data.transforms import transforms_for
+from backbones.hub.download import WeightsError, WeightsIntegrityError, WeightsUnavailableError
+from backbones.hub.loading import WeightsMismatchError
+from backbones.hub.manifest import register_weights
+from backbones.models.backbone import Backbone
+from backbones.models.extractor import FeatureExtractor
+from backbones.models.factory import create_model, list_models, list_pretrained, register_model
+from backbones.models.fpn import (
     BackboneWithFPN,
     FeaturePyramidNetwork,
     fpn_backbone,
@@ -32,17 +31,28 @@ from .fpn import (
     vgg16_fpn,
     vgg19_fpn,
 )
-from .hub import from_pretrained
-from .inception import GoogLeNet, Inception3, googlenet_loss, googlenet_v1, inception_v2, inception_v3
-from .layers import FrozenBatchNorm2d
-from .loading import WeightsMismatchError
-from .optimize import OptimizedModel, optimize
-from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
-from .transforms import transforms_for
-from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
-from .weights import register_weights
-
-__version__ = "0.1.0"
+from backbones.models.inception import (
+    GoogLeNet,
+    Inception3,
+    googlenet_loss,
+    googlenet_v1,
+    inception_v2,
+    inception_v3,
+)
+from backbones.models.pretrained import from_pretrained
+from backbones.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+)
+from backbones.models.vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
+from backbones.runtime.export import ExportError, export
+from backbones.runtime.optimize import OptimizedModel, optimize
 
 __all__ = [
     "VGG",

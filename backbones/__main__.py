@@ -1,5 +1,5 @@
 """``python -m backbones``: the command line (see ``backbones.cli``)."""
 
-from .cli import main
+from backbones.apps.cli.main import main
 
 raise SystemExit(main())

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import backbones
-from backbones.analysis import conv_output_size, receptive_field, same_padding, summary
+from backbones.apps.analysis import conv_output_size, receptive_field, same_padding, summary
 
 from .helpers import fresh_model, meta_model
 

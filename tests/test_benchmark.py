@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from backbones.benchmark import BASELINE, Measurement, ratio
+from backbones.apps.benchmark import BASELINE, Measurement, ratio
 
 from .helpers import run_cli
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import backbones
-from backbones.cli import build_parser
+from backbones.apps.cli.main import build_parser
 
 from .helpers import assert_one_line_error, relative_max_diff, run_cli
 
@@ -21,7 +21,7 @@ COMMANDS = ["list", "info", "summary", "predict", "features", "download", "conve
 def image_file(tmp_path: Path) -> Path:
     from PIL import Image
 
-    from backbones.demo import sample_image
+    from backbones.apps.demo import sample_image
 
     path = tmp_path / "scene.png"
     pixels = (sample_image((120, 160)) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -208,4 +208,4 @@ def test_console_script_is_declared() -> None:
     from .helpers import REPO_ROOT
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["backbones"] == "backbones.cli:main"
+    assert project["scripts"]["backbones"] == "backbones.apps.cli.main:main"

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save
 
 import backbones
-from backbones.demo import run_demo, sample_image
+from backbones.apps.demo import run_demo, sample_image
 
 
 def test_demo_runs_offline_with_random_weights_and_says_so(caches, monkeypatch, tmp_path: Path, capsys) -> None:

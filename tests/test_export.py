@@ -10,7 +10,7 @@ import torch
 
 import backbones
 from backbones import ExportError
-from backbones.export import min_dynamic_size, output_names, program_to_onnx
+from backbones.runtime.export import min_dynamic_size, output_names, program_to_onnx
 
 from .helpers import assert_one_line_error, fresh_model, relative_max_diff, run_cli
 
@@ -20,7 +20,7 @@ TOLERANCE = 1e-4
 
 def _sizes(name: str, model: torch.nn.Module) -> list[tuple[int, int]]:
     """Two sizes inside the exported range: the issue's for FPNs, else the smallest and an odd one."""
-    if backbones._registry.get_model_entry(name).kind == "fpn":
+    if backbones.core.registry.get_model_entry(name).kind == "fpn":
         return [(224, 224), (320, 480)]
     base = max(96, min_dynamic_size(model))
     return [(base, base), (base + 33, base + 64)]

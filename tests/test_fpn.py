@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import backbones
-from backbones.convert import convert_state_dict
-from backbones.fpn import FeaturePyramidNetwork, LastLevelP6P7, fpn_backbone
+from backbones.hub.convert import convert_state_dict
+from backbones.models.fpn import FeaturePyramidNetwork, LastLevelP6P7, fpn_backbone
 
 from .helpers import fresh_model, meta_model, relative_max_diff
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import backbones
-from backbones._registry import get_model_entry
+from backbones.core.registry import get_model_entry
 
 from .helpers import flatten_outputs, relative_max_diff, test_input_size
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import backbones
-from backbones.fusion import FusedConv2d
+from backbones.runtime.fusion import FusedConv2d
 
 from .helpers import flatten_outputs, fresh_model, meta_model, relative_max_diff, test_input_size
 

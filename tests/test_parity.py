@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import backbones
-from backbones.convert import convert_state_dict
+from backbones.hub.convert import convert_state_dict
 
 from .helpers import flatten_outputs, relative_max_diff
 from .references import REFERENCES, Reference

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import backbones
-from backbones.convert import convert_state_dict, detect_layout
+from backbones.hub.convert import convert_state_dict, detect_layout
 
 from .helpers import fresh_model, meta_model, relative_max_diff
 

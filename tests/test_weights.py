@@ -18,8 +18,8 @@ from safetensors.torch import save as safetensors_bytes
 
 import backbones
 from backbones import WeightsIntegrityError, WeightsMismatchError, WeightsUnavailableError
-from backbones.loading import save_safetensors_atomic
-from backbones.weights import get_weight_spec, register_weights
+from backbones.hub.loading import save_safetensors_atomic
+from backbones.hub.manifest import get_weight_spec, register_weights
 
 from .helpers import REPO_ROOT, copy_checkout, relative_max_diff, run_python
 
@@ -28,8 +28,8 @@ X = torch.randn(2, 3, 64, 64)
 
 @pytest.fixture(autouse=True)
 def _forget_registered_weights(monkeypatch) -> None:
-    monkeypatch.setattr(backbones.weights, "_REGISTERED", {})
-    monkeypatch.setattr(backbones.weights, "_REGISTERED_DEFAULTS", {})
+    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED", {})
+    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED_DEFAULTS", {})
 
 
 def _publish_timm(hub_server, arch: str, tag: str, **timm_kwargs) -> torch.nn.Module:

@@ -53,7 +53,7 @@ def model_config_json(model: nn.Module) -> dict[str, Any]:
             f"are unknown; build it with create_model(...) to save it"
         )
     options = {k: v for k, v in config.items() if k != "architecture" and k not in _EXTRACTOR_KEYS}
-    from . import __version__
+    from backbones.core.version import __version__
 
     return {
         "architecture": config["architecture"],
@@ -87,7 +87,7 @@ def _resolve(repo_id_or_dir: str | Path, filename: str, revision: str | None, pr
         return path
     if isinstance(repo_id_or_dir, Path) or str(repo_id_or_dir).count("/") != 1:
         raise FileNotFoundError(f"{repo_id_or_dir} is neither a folder nor a Hub repo id such as 'owner/name'")
-    from .download import fetch_hub_file
+    from backbones.hub.download import fetch_hub_file
 
     return fetch_hub_file(str(repo_id_or_dir), filename, revision=revision, what=str(repo_id_or_dir), progress=progress)
 
@@ -107,8 +107,8 @@ def from_pretrained(
     Example:
         >>> model = backbones.from_pretrained("someone/my-finetuned-resnet")
     """
-    from ._registry import create_model
-    from .loading import load_fitting_state_dict, load_local_state_dict
+    from backbones.hub.loading import load_fitting_state_dict, load_local_state_dict
+    from backbones.models.factory import create_model
 
     config = load_config(repo_id_or_dir, revision=revision)
     reinit_head = overrides.pop("reinit_head", False)
@@ -133,7 +133,7 @@ class HubMixin:
         Returns:
             The folder.
         """
-        from .loading import save_safetensors_atomic
+        from backbones.hub.loading import save_safetensors_atomic
 
         folder = Path(save_directory).expanduser()
         config = model_config_json(self)  # type: ignore[arg-type]
@@ -142,7 +142,7 @@ class HubMixin:
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         save_safetensors_atomic(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
         if model_card:
-            from .model_card import render_model_card
+            from backbones.hub.model_card import render_model_card
 
             (folder / CARD_NAME).write_text(render_model_card(config), encoding="utf-8")
         return folder

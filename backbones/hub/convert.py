@@ -82,7 +82,7 @@ def _identity(state_dict: StateDict) -> StateDict:
 
 
 def _family_of(arch: str) -> str:
-    from ._registry import get_model_entry
+    from backbones.core.registry import get_model_entry
 
     entry = get_model_entry(arch)
     return "fpn" if entry.kind == "fpn" else entry.family

@@ -25,8 +25,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
-from .base import check_image_batch
-from .fusion import folded_copy, fuse_conv_pointwise, mkldnn_fusion_available
+from backbones.core.inputs import check_image_batch
+from backbones.runtime.fusion import folded_copy, fuse_conv_pointwise, mkldnn_fusion_available
 
 __all__ = ["OptimizedModel", "optimize"]
 

@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._registry import register_model
-from .base import Backbone
-from .features import FeatureInfo
-from .layers import ConvBnAct, NormLayer, resolve_norm_layer
+from backbones.core.features import FeatureInfo
+from backbones.core.layers import ConvBnAct, NormLayer, resolve_norm_layer
+from backbones.models.backbone import Backbone
+from backbones.models.factory import register_model
 
 __all__ = [
     "GoogLeNet",

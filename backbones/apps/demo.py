@@ -43,14 +43,14 @@ def sample_image(size: tuple[int, int] = SAMPLE_SIZE) -> torch.Tensor:
 def _hub_load(entrypoint: str, **kwargs: Any) -> torch.nn.Module:
     if (REPO_ROOT / "hubconf.py").exists():
         return torch.hub.load(str(REPO_ROOT), entrypoint, source="local", **kwargs)
-    from . import create_model  # an installed package without its checkout: same builder
+    from backbones.models.factory import create_model  # an installed package without its checkout: same builder
 
     return create_model(entrypoint, **kwargs)
 
 
 def _choose_weights(name: str) -> tuple[bool, str]:
-    from ._registry import split_model_name
-    from .weights import get_weight_spec, weights_obtainable
+    from backbones.core.registry import split_model_name
+    from backbones.hub.manifest import get_weight_spec, weights_obtainable
 
     return weights_obtainable(get_weight_spec(*split_model_name(name)))
 
@@ -72,9 +72,9 @@ def run_demo(out_dir: str | Path = "demo_out", seconds: float = 2.0) -> dict[str
         out_dir: Where the feature picture goes.
         seconds: How long to time the network for the throughput figure.
     """
-    from .analysis import summary
-    from .transforms import resolve_pretrained_cfg
-    from .visualize import save_feature_picture
+    from backbones.apps.analysis import summary
+    from backbones.apps.visualize import save_feature_picture
+    from backbones.data.transforms import resolve_pretrained_cfg
 
     out_dir = Path(out_dir)
     print("backbones demo: resnet50_fpn loaded through torch.hub from this checkout (source='local')")
@@ -96,7 +96,7 @@ def run_demo(out_dir: str | Path = "demo_out", seconds: float = 2.0) -> dict[str
     print(f"\npyramid of the {x.shape[2]}x{x.shape[3]} sample image:")
     for info, level in zip(model.feature_info, pyramid.values(), strict=True):
         print(f"  {info.name:<5} {tuple(level.shape)!s:<22} stride {info.stride}")
-    from .optimize import optimize
+    from backbones.runtime.optimize import optimize
 
     rates = {
         "eager fp32": _throughput(model, x, seconds),
@@ -128,7 +128,7 @@ def _classify(image: torch.Tensor) -> list[tuple[str, float]] | None:
             "`python -m backbones download resnet50` fetches them"
         )
         return None
-    from .transforms import transforms_for
+    from backbones.data.transforms import transforms_for
 
     model = _hub_load("resnet50", pretrained=True).eval()
     with torch.inference_mode():

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers import same_padding
+from backbones.core.layers import same_padding
 
 __all__ = [
     "LayerRow",

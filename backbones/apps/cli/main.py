@@ -16,6 +16,10 @@ from typing import Any
 
 __all__ = ["build_parser", "main"]
 
+# Command modules of their own (add_commands(command) registers their sub-commands); they import
+# only argparse at module level, so `--help` stays fast.
+_COMMAND_MODULES: tuple[Any, ...] = ()
+
 
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
@@ -31,7 +35,7 @@ def _meta_model(name: str, **kwargs: Any) -> Any:
     """Build on the meta device: structure, parameter counts and MACs without allocating weights."""
     import torch
 
-    from . import create_model
+    from backbones.models.factory import create_model
 
     with torch.device("meta"):
         return create_model(name, **kwargs)
@@ -41,7 +45,7 @@ def _meta_model(name: str, **kwargs: Any) -> Any:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from . import list_models
+    from backbones.models.factory import list_models
 
     names = list_models(args.pattern, family=args.family, kind=args.kind, pretrained=args.pretrained)
     if not names:
@@ -51,9 +55,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ._registry import get_model_entry, split_model_name
-    from .analysis import summary
-    from .weights import get_weight_spec, weight_names
+    from backbones.apps.analysis import summary
+    from backbones.core.registry import get_model_entry, split_model_name
+    from backbones.hub.manifest import get_weight_spec, weight_names
 
     arch, _ = split_model_name(args.name)
     entry = get_model_entry(arch)
@@ -80,7 +84,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from .analysis import summary
+    from backbones.apps.analysis import summary
 
     model = _meta_model(args.name)
     shape = args.input or (1, *model.pretrained_cfg["input_size"])
@@ -90,7 +94,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _load_for_inference(name: str, weights: str | None, progress: bool) -> Any:
-    from . import create_model
+    from backbones.models.factory import create_model
 
     pretrained: bool | str = weights if weights else True
     return create_model(name, pretrained=pretrained, progress=progress).eval()
@@ -99,8 +103,8 @@ def _load_for_inference(name: str, weights: str | None, progress: bool) -> Any:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from .transforms import transforms_for
-    from .visualize import load_image
+    from backbones.apps.visualize import load_image
+    from backbones.data.transforms import transforms_for
 
     images = [load_image(path) for path in args.images]
     model = _load_for_inference(args.name, args.weights, progress=not args.quiet)
@@ -121,10 +125,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_features(args: argparse.Namespace) -> int:
     import torch
 
-    from . import create_model
-    from ._registry import get_model_entry
-    from .transforms import transforms_for
-    from .visualize import load_image, save_feature_picture
+    from backbones.apps.visualize import load_image, save_feature_picture
+    from backbones.core.registry import get_model_entry
+    from backbones.data.transforms import transforms_for
+    from backbones.models.factory import create_model
 
     image = load_image(args.image)
     kind = get_model_entry(args.name).kind
@@ -145,9 +149,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from ._registry import split_model_name
-    from .loading import load_spec_state_dict
-    from .weights import get_weight_spec
+    from backbones.core.registry import split_model_name
+    from backbones.hub.loading import load_spec_state_dict
+    from backbones.hub.manifest import get_weight_spec
 
     for name in args.names:
         spec = get_weight_spec(*split_model_name(name))
@@ -157,9 +161,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from . import create_model
-    from .convert import convert_state_dict, detect_layout
-    from .loading import load_fitting_state_dict, read_state_dict, save_safetensors_atomic
+    from backbones.hub.convert import convert_state_dict, detect_layout
+    from backbones.hub.loading import load_fitting_state_dict, read_state_dict, save_safetensors_atomic
+    from backbones.models.factory import create_model
 
     source = Path(args.input)
     state = read_state_dict(source, str(source))
@@ -178,7 +182,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from . import from_pretrained
+    from backbones.models.pretrained import from_pretrained
 
     model = from_pretrained(args.folder)  # refuse to publish a folder that does not load
     url = model.push_to_hub(args.repo_id, private=args.private, token=args.token)
@@ -195,7 +199,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import BenchmarkConfig, run_benchmarks, write_report
+    from backbones.apps.benchmark import BenchmarkConfig, run_benchmarks, write_report
 
     config = BenchmarkConfig(
         models=args.models,
@@ -215,8 +219,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from . import create_model
-    from .export import export
+    from backbones.models.factory import create_model
+    from backbones.runtime.export import export
 
     model = create_model(args.name, pretrained=args.pretrained, progress=not args.quiet)
     example = None
@@ -244,7 +248,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from backbones.apps.demo import run_demo
 
     run_demo(out_dir=args.out)
     return 0
@@ -312,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--private", action="store_true", help="create the repo as private")
     cmd.add_argument("--token", help="a Hub token (default: HF_TOKEN or the stored login)")
 
-    from .benchmark import BenchmarkConfig
-    from .export import DEFAULT_OPSET, FORMATS
+    from backbones.apps.benchmark import BenchmarkConfig
+    from backbones.runtime.export import DEFAULT_OPSET, FORMATS
 
     bench = BenchmarkConfig()  # the one place the benchmark's defaults are written
     cmd = command("bench", "time our models against torchvision and timm; write RESULTS.md", _cmd_bench)
@@ -354,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--input", type=_parse_shape, help="example input shape N,C,H,W (default: 2 images)")
     cmd.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
+
+    # Commands kept in modules of their own: each module has add_commands(command).
+    for module in _COMMAND_MODULES:
+        module.add_commands(command)
 
     cmd = command("demo", "the main job: resnet50_fpn through torch.hub on a sample image", _cmd_demo)
     cmd.add_argument("--out", default="demo_out", help="folder for the demo's pictures (default demo_out)")

@@ -121,7 +121,7 @@ def _channels_last(model: nn.Module) -> Runner:
 def _models(arch: str) -> tuple[nn.Module, nn.Module, nn.Module | None, torch.Tensor | None]:
     """torchvision's model, ours with the same weights, timm's (or None), and the example input
     the optimized variants pack their weights for (None: the model's own input size)."""
-    from . import create_model
+    from backbones.models.factory import create_model
 
     if arch == "resnet50_fpn":
         from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -137,7 +137,7 @@ def _models(arch: str) -> tuple[nn.Module, nn.Module, nn.Module | None, torch.Te
 
 def build_variants(arch: str, with_compile: bool, only: Sequence[str] | None = None) -> dict[str, Runner]:
     """Every way of running ``arch`` the benchmark compares (or just those in ``only``), by name."""
-    from . import optimize
+    from backbones.runtime.optimize import optimize
 
     tv, ours, timm_model, example = _models(arch)
     factories: dict[str, Callable[[], Runner]] = {
@@ -227,7 +227,7 @@ def load_times(arch: str = "resnet50", repeats: int = 7) -> dict[str, float]:
     """Median time to read cached weights: safetensors (memory-mapped) vs torch.load of a .pth."""
     from safetensors.torch import load_file, save_file
 
-    from . import create_model
+    from backbones.models.factory import create_model
 
     state = create_model(arch).state_dict()
     with tempfile.TemporaryDirectory() as folder:
@@ -255,7 +255,7 @@ def load_times(arch: str = "resnet50", repeats: int = 7) -> dict[str, float]:
 _MEMORY_SCRIPT = """
 import gc, json, re, sys, torch
 torch.set_num_threads({threads})
-from backbones.benchmark import build_variants
+from backbones.apps.benchmark import build_variants
 arch, name, batch, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 x = torch.randn(batch, 3, height, width)
 run = build_variants(arch, with_compile=False, only=[name])[name]

@@ -14,10 +14,10 @@ from typing import Any
 import torch.nn as nn
 from torch import Tensor
 
-from ._registry import register_model
-from .base import Backbone
-from .features import FeatureInfo
-from .layers import NormLayer, conv1x1, conv3x3, resolve_norm_layer
+from backbones.core.features import FeatureInfo
+from backbones.core.layers import NormLayer, conv1x1, conv3x3, resolve_norm_layer
+from backbones.models.backbone import Backbone
+from backbones.models.factory import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layers import FrozenBatchNorm2d
+from backbones.core.layers import FrozenBatchNorm2d
 
 __all__ = [
     "FusedConv2d",
@@ -41,7 +41,7 @@ class InferenceTracer(torch.fx.Tracer):
     input re-normalisation): those are what the rewrites recognise."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from .inception import InputRenormalize
+        from backbones.models.inception import InputRenormalize
 
         return isinstance(m, (FrozenBatchNorm2d, InputRenormalize)) or super().is_leaf_module(m, module_qualified_name)
 

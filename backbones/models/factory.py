@@ -1,60 +1,27 @@
-"""The model registry: architecture names to builders, ``arch.tag`` names, listing and creation.
+"""Building a model by name: the public builders, ``create_model`` and the listings.
 
 Every architecture is registered once by decorating its builder with :func:`register_model`.
 The decorator returns the public builder (``backbones.resnet50``), which is a thin call into
 :func:`create_model`, so ``backbones.resnet50(pretrained=True)``, ``create_model("resnet50",
-pretrained=True)`` and the torch.hub entrypoint all take the same path.
+pretrained=True)`` and the torch.hub entrypoint all take the same path. ``create_model``
+composes the registry (names), the weights layer (manifest, loading) and the model's own
+``feature_extractor`` for ``features_only``.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
-__all__ = [
-    "ModelEntry",
-    "UnknownModelError",
-    "create_model",
-    "get_model_entry",
-    "list_models",
-    "list_pretrained",
-    "register_model",
-    "split_model_name",
-]
+from backbones.core.registry import ModelEntry, add_entry, get_model_entry, model_entries, split_model_name
+from backbones.hub.loading import load_pretrained
+from backbones.hub.manifest import pretrained_cfg_for, resolve_weight_spec, weight_names
 
-_MODEL_KINDS = ("classifier", "fpn")
-
-
-class UnknownModelError(ValueError):
-    """Raised for a model or weight tag name that is not registered."""
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One registered architecture.
-
-    Attributes:
-        name: The architecture name, e.g. ``"resnet50"``.
-        builder: Builds the bare network from keyword arguments (no weights).
-        family: ``"resnet"``, ``"vgg"``, ``"inception"``; FPN models carry their body's family.
-        kind: ``"classifier"`` (image -> logits) or ``"fpn"`` (image -> feature pyramid).
-        default_cfg: Preprocessing and input defaults used when no weight tag says otherwise.
-    """
-
-    name: str
-    builder: Callable[..., nn.Module]
-    family: str
-    kind: str
-    default_cfg: dict[str, Any] = field(default_factory=dict)
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
+__all__ = ["create_model", "list_models", "list_pretrained", "register_model"]
 
 _PUBLIC_BUILDER_DOC = """
     Args:
@@ -87,14 +54,10 @@ def register_model(
         ... def my_resnet(**kwargs):
         ...     return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
     """
-    if kind not in _MODEL_KINDS:
-        raise ValueError(f"kind must be one of {_MODEL_KINDS}, got {kind!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = builder.__name__
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, family, kind, dict(default_cfg or {}))
+        add_entry(ModelEntry(name, builder, family, kind, dict(default_cfg or {})))
 
         def public_builder(pretrained: bool | str | Path = False, **kwargs: Any) -> nn.Module:
             return create_model(name, pretrained=pretrained, **kwargs)
@@ -105,37 +68,6 @@ def register_model(
         return public_builder
 
     return decorate
-
-
-def split_model_name(name: str) -> tuple[str, str | None]:
-    """Split ``"arch.tag"`` into ``("arch", "tag")``; a bare ``"arch"`` gives ``("arch", None)``.
-
-    Example:
-        >>> split_model_name("resnet50.tv2_in1k")
-        ('resnet50', 'tv2_in1k')
-    """
-    arch, _, tag = name.partition(".")
-    return arch, (tag or None)
-
-
-def get_model_entry(name: str) -> ModelEntry:
-    """Return the registry entry of an architecture (an ``arch.tag`` name is accepted).
-
-    Raises:
-        UnknownModelError: The architecture is not registered; the message lists the closest names.
-    """
-    arch, _ = split_model_name(name)
-    try:
-        return _REGISTRY[arch]
-    except KeyError:
-        raise UnknownModelError(_unknown_name_message("model", arch, list(_REGISTRY))) from None
-
-
-def _unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:
-    known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else f"registered: {', '.join(known)}"
-    return f"unknown {what} {name!r}: {hint} (backbones.list_models() lists them all)"
 
 
 def list_models(
@@ -158,7 +90,7 @@ def list_models(
         ['resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50']
     """
     entries = [
-        e for e in _REGISTRY.values() if (family is None or e.family == family) and (kind is None or e.kind == kind)
+        e for e in model_entries() if (family is None or e.family == family) and (kind is None or e.kind == kind)
     ]
     if pretrained:
         archs = {e.name for e in entries}
@@ -177,8 +109,6 @@ def list_pretrained(pattern: str | None = None) -> list[str]:
         >>> "resnet50.tv2_in1k" in list_pretrained("resnet50.*")
         True
     """
-    from .weights import weight_names
-
     names = weight_names()
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
@@ -223,19 +153,15 @@ def create_model(
         >>> model(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 10])
     """
-    from . import weights as weights_mod
-
     entry = get_model_entry(model_name)
     arch, tag = split_model_name(model_name)
-    spec = weights_mod.resolve_weight_spec(arch, tag, pretrained)
+    spec = resolve_weight_spec(arch, tag, pretrained)
     build_kwargs = {**(spec.model_kwargs if spec else {}), **kwargs}
     model = entry.builder(**build_kwargs)
-    model.pretrained_cfg = weights_mod.pretrained_cfg_for(entry, spec)
+    model.pretrained_cfg = pretrained_cfg_for(entry, spec)
     # What save_pretrained writes to config.json, so from_pretrained can rebuild the same network.
     model.model_config = {"architecture": arch, **build_kwargs}
     if pretrained is not False and pretrained is not None:
-        from .loading import load_pretrained
-
         load_pretrained(model, arch, spec, pretrained, progress=progress, reinit_head=reinit_head)
     if features_only:
         if entry.kind != "classifier":
@@ -243,9 +169,7 @@ def create_model(
                 f"{arch!r} already returns multi-scale features; features_only applies to "
                 f"classification models such as {arch.removesuffix('_fpn')!r}"
             )
-        from .features import FeatureExtractor
-
-        model = FeatureExtractor(model, out_indices)
+        model = model.feature_extractor(out_indices)
     elif out_indices is not None:
         raise ValueError("out_indices only applies with features_only=True")
     return model

@@ -19,10 +19,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._registry import create_model, get_model_entry, register_model
-from .features import FeatureExtractor, FeatureInfo, module_stages, ordered_features
-from .hub import HubMixin
-from .layers import NormLayer, freeze_batch_norm
+from backbones.core.features import FeatureInfo, module_stages, ordered_features
+from backbones.core.layers import NormLayer, freeze_batch_norm
+from backbones.core.registry import get_model_entry
+from backbones.models.extractor import FeatureExtractor
+from backbones.models.factory import create_model, register_model
+from backbones.models.pretrained import HubMixin
 
 __all__ = [
     "BackboneWithFPN",

@@ -78,7 +78,7 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     else copied."""
     config = getattr(model, "model_config", None)
     if config:
-        from ._registry import create_model
+        from backbones.models.factory import create_model
 
         options = {k: v for k, v in config.items() if k != "architecture"}
         with torch.device("meta"):
@@ -161,7 +161,7 @@ def output_names(model: nn.Module) -> list[str]:
 def _prepare(model: nn.Module, fold_norms: bool) -> nn.Module:
     if not fold_norms:
         return copy.deepcopy(model).eval()
-    from .fusion import folded_copy
+    from backbones.runtime.fusion import folded_copy
 
     traced, _ = folded_copy(model)
     for name in ("feature_info", "num_classes", "pretrained_cfg", "in_chans", "min_input_size"):

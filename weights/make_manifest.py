@@ -1,4 +1,4 @@
-"""Regenerate backbones/data/weights.json from torchvision's and timm's own weight metadata.
+"""Regenerate backbones/hub/weights.json from torchvision's and timm's own weight metadata.
 
 A maintainer's tool, not part of the package: it imports torchvision and timm (the references)
 and writes plain data. Hugging Face Hub files (timm's ``model.safetensors``) are preferred;
@@ -15,7 +15,7 @@ from pathlib import Path
 import timm
 import torchvision
 
-OUT = Path(__file__).resolve().parents[1] / "backbones" / "data" / "weights.json"
+OUT = Path(__file__).resolve().parents[1] / "backbones" / "hub" / "weights.json"
 IMAGENET = "imagenet-1k"
 
 # timm's own ImageNet results (results/results-imagenet.csv in pytorch-image-models), at the

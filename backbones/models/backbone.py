@@ -1,7 +1,8 @@
-"""The model API every classification network shares, and the input check at its boundary."""
+"""The model API every classification network shares (timm's API, torchvision's keys)."""
 
 # No `from __future__ import annotations`: torch.fx copies forward's annotations into generated
 # code, which TorchScript must be able to read.
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -9,61 +10,12 @@ import torch.fx
 import torch.nn as nn
 from torch import Tensor
 
-from .features import FeatureInfo
-from .hub import HubMixin
+from backbones.core.features import FeatureInfo
+from backbones.core.inputs import IMAGENET_DEFAULT_CFG, check_image_batch
+from backbones.models.extractor import FeatureExtractor
+from backbones.models.pretrained import HubMixin
 
-__all__ = ["IMAGENET_DEFAULT_CFG", "Backbone", "check_image_batch"]
-
-IMAGENET_DEFAULT_CFG: dict[str, Any] = {
-    "input_size": (3, 224, 224),
-    "resize_size": 256,
-    "crop_size": 224,
-    "interpolation": "bilinear",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "num_classes": 1000,
-    "class_names": None,
-}
-
-
-def check_image_batch(x: Tensor, in_chans: int, min_size: int) -> Tensor:
-    """Check that ``x`` is a float batch ``[N, in_chans, H, W]`` with H, W >= ``min_size``.
-
-    Models call this first, so a wrong input fails with a message that names the problem and
-    the fix instead of an error from deep inside a convolution.
-
-    Raises:
-        ValueError: Wrong rank, an integer dtype, the wrong channel count, or an image too small.
-
-    Example:
-        >>> check_image_batch(torch.zeros(3, 224, 224), in_chans=3, min_size=32)
-        Traceback (most recent call last):
-        ...
-        ValueError: expected a batch of images [N, 3, H, W], got a 3-D tensor of shape [3, 224, 224]; ...
-    """
-    if x.dim() != 4:
-        raise ValueError(
-            f"expected a batch of images [N, {in_chans}, H, W], got a {x.dim()}-D tensor of shape "
-            f"{list(x.shape)}; a single image needs a batch dimension: x.unsqueeze(0)"
-        )
-    if not x.is_floating_point():
-        raise ValueError(
-            f"expected a floating-point tensor, got {x.dtype}; convert images with x.float() / 255 "
-            f"and normalise them with the mean and std in model.pretrained_cfg"
-        )
-    if x.shape[1] != in_chans:
-        raise ValueError(
-            f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "
-            f"images are channels-first [N, C, H, W]. Repeat a grayscale image to 3 channels or "
-            f"build the model with in_chans={x.shape[1]}"
-        )
-    if x.shape[2] < min_size or x.shape[3] < min_size:
-        raise ValueError(
-            f"input of {x.shape[2]}x{x.shape[3]} pixels is too small for this network, which needs "
-            f"at least {min_size}x{min_size}; resize or pad the image"
-        )
-    return x
-
+__all__ = ["Backbone"]
 
 # A leaf for torch.fx: the check runs at run time inside feature extractors instead of being
 # evaluated (and failing on proxies) while tracing.
@@ -107,6 +59,16 @@ class Backbone(nn.Module, HubMixin):
         self.num_features = feature_info[-1].channels
         self.head_hidden_size = self.head_hidden_size or self.num_features
         self.min_input_size = max(min_input_size, max(f.stride for f in feature_info))
+
+    def feature_extractor(self, out_indices: "Iterable[int] | None" = None) -> FeatureExtractor:
+        """This network cut into stages: what ``create_model(..., features_only=True)`` returns.
+
+        Example:
+            >>> extractor = backbones.create_model("resnet18").feature_extractor((2, 4))
+            >>> [f.name for f in extractor.feature_info]
+            ['layer2', 'layer4']
+        """
+        return FeatureExtractor(self, out_indices)
 
     def check_input(self, x: Tensor) -> Tensor:
         """Validate an input batch (see :func:`check_image_batch`) and return it unchanged."""

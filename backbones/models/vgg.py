@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ._registry import register_model
-from .base import Backbone
-from .features import FeatureInfo
-from .layers import AdaptiveAvgPool2d, NormLayer, resolve_norm_layer, same_padding
+from backbones.core.features import FeatureInfo
+from backbones.core.layers import AdaptiveAvgPool2d, NormLayer, resolve_norm_layer, same_padding
+from backbones.models.backbone import Backbone
+from backbones.models.factory import register_model
 
 __all__ = [
     "VGG",

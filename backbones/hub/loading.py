@@ -17,8 +17,8 @@ from pathlib import Path
 import torch.nn as nn
 from torch import Tensor
 
-from .convert import convert_state_dict, detect_layout
-from .download import (
+from backbones.hub.convert import convert_state_dict, detect_layout
+from backbones.hub.download import (
     WeightsError,
     WeightsIntegrityError,
     WeightsUnavailableError,
@@ -27,7 +27,7 @@ from .download import (
     fetch_url_file,
     verify_sha256,
 )
-from .weights import WeightSpec
+from backbones.hub.manifest import WeightSpec
 
 __all__ = [
     "WeightsMismatchError",

@@ -14,8 +14,8 @@ def resolve_pretrained_cfg(model_or_name: nn.Module | str | dict[str, Any]) -> d
     if isinstance(model_or_name, dict):
         return model_or_name
     if isinstance(model_or_name, str):
-        from ._registry import get_model_entry, split_model_name
-        from .weights import get_weight_spec, pretrained_cfg_for
+        from backbones.core.registry import get_model_entry, split_model_name
+        from backbones.hub.manifest import get_weight_spec, pretrained_cfg_for
 
         arch, tag = split_model_name(model_or_name)
         entry = get_model_entry(arch)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ._registry import ModelEntry, UnknownModelError, _unknown_name_message
-from .base import IMAGENET_DEFAULT_CFG
+from backbones.core.inputs import IMAGENET_DEFAULT_CFG
+from backbones.core.registry import ModelEntry, UnknownModelError, unknown_name_message
 
 __all__ = [
     "WeightSpec",
@@ -79,7 +79,7 @@ class WeightSpec:
 
 @functools.cache
 def _manifest() -> dict[str, Any]:
-    text = resources.files(__package__).joinpath("data", "weights.json").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("weights.json").read_text(encoding="utf-8")
     manifest = json.loads(text)
     if manifest.get("format") != 1:
         raise RuntimeError(f"unsupported weight manifest format {manifest.get('format')!r}")
@@ -137,7 +137,7 @@ def get_weight_spec(arch: str, tag: str | None = None) -> WeightSpec:
     if f"{arch}.{tag}" in _REGISTERED:
         return _REGISTERED[f"{arch}.{tag}"]
     if tag not in entry["weights"]:
-        raise UnknownModelError(_unknown_name_message(f"weight tag for {arch}", tag, tags))
+        raise UnknownModelError(unknown_name_message(f"weight tag for {arch}", tag, tags))
     return WeightSpec(name=f"{arch}.{tag}", **entry["weights"][tag])
 
 
@@ -166,7 +166,7 @@ def _looks_like_path(value: str) -> bool:
 def class_names(label_set: str) -> tuple[str, ...]:
     """The class names of a label set (``"imagenet-1k"`` or ``"coco"``), index-aligned with logits."""
     filename = {"imagenet-1k": "imagenet_classes.txt", "coco": "coco_classes.txt"}[label_set]
-    text = resources.files(__package__).joinpath("data", filename).read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line)
 
 
@@ -194,7 +194,7 @@ def weights_obtainable(spec: WeightSpec, timeout: float = 3.0) -> tuple[bool, st
     """
     from huggingface_hub import constants
 
-    from .download import host_reachable, hub_file_cached, is_offline, url_cache_path
+    from backbones.hub.download import host_reachable, hub_file_cached, is_offline, url_cache_path
 
     if spec.hf_hub_id:
         filename = spec.hf_hub_filename or "model.safetensors"

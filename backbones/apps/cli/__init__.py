@@ -1,0 +1,1 @@
+"""The command line: ``python -m backbones <command>``; one module per group of commands."""
