@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backbones.inception import AUX_LOSS_WEIGHT, GoogLeNetOutputs, InceptionOutputs, InputRenormalize, googlenet_loss
+from backbones.models.inception import AUX_LOSS_WEIGHT, GoogLeNetOutputs, InceptionOutputs, InputRenormalize, googlenet_loss
 from torch import nn
 
 import backbones

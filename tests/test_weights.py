@@ -18,7 +18,7 @@ from safetensors.torch import save as safetensors_bytes
 
 import backbones
 from backbones import WeightsIntegrityError, WeightsMismatchError, WeightsUnavailableError
-from backbones.hub.loading import save_safetensors_atomic
+from backbones.core.files import save_safetensors_atomic
 from backbones.hub.manifest import get_weight_spec, register_weights
 
 from .helpers import REPO_ROOT, copy_checkout, relative_max_diff, run_python

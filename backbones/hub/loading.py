@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch.nn as nn
 from torch import Tensor
 
+from backbones.core.files import save_safetensors_atomic
 from backbones.hub.convert import convert_state_dict, detect_layout
 from backbones.hub.download import (
     WeightsError,
@@ -37,7 +37,6 @@ __all__ = [
     "load_pretrained",
     "load_spec_state_dict",
     "read_state_dict",
-    "save_safetensors_atomic",
 ]
 
 
@@ -113,21 +112,6 @@ def _read_or_remove(path: Path, what: str) -> dict[str, Tensor]:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
         raise WeightsIntegrityError(f"{err} (it has been removed from the cache)") from None
-
-
-def save_safetensors_atomic(state: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write ``state`` as safetensors through a temporary file, so a crash never leaves half a file."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
 
 
 def load_local_state_dict(path: str | Path, arch: str) -> dict[str, Tensor]:

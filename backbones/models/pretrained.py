@@ -133,7 +133,7 @@ class HubMixin:
         Returns:
             The folder.
         """
-        from backbones.hub.loading import save_safetensors_atomic
+        from backbones.core.files import save_safetensors_atomic
 
         folder = Path(save_directory).expanduser()
         config = model_config_json(self)  # type: ignore[arg-type]

@@ -161,8 +161,9 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    from backbones.core.files import save_safetensors_atomic
     from backbones.hub.convert import convert_state_dict, detect_layout
-    from backbones.hub.loading import load_fitting_state_dict, read_state_dict, save_safetensors_atomic
+    from backbones.hub.loading import load_fitting_state_dict, read_state_dict
     from backbones.models.factory import create_model
 
     source = Path(args.input)
