@@ -27,11 +27,16 @@ def resolve_pretrained_cfg(model_or_name: nn.Module | str | dict[str, Any]) -> d
     return cfg
 
 
-def transforms_for(model_or_name: nn.Module | str | dict[str, Any]) -> Any:
+def transforms_for(model_or_name: nn.Module | str | dict[str, Any], *, training: bool = False) -> Any:
     """Evaluation transforms (resize, center crop, to float, normalise) for a model's weights.
 
     Accepts PIL images and uint8 tensors ``[C, H, W]``; returns normalised float tensors.
     torchvision is needed for this helper only (``pip install backbones[tools]``).
+
+    Args:
+        model_or_name: A model, a registered ``arch[.tag]`` name or a ``pretrained_cfg`` dict.
+        training: Fine-tuning augmentation instead: a random resized crop to the crop size and a
+            random horizontal flip, then the same float conversion and normalisation.
 
     Example:
         >>> transform = transforms_for("resnet50.tv2_in1k")
@@ -48,9 +53,12 @@ def transforms_for(model_or_name: nn.Module | str | dict[str, Any]) -> Any:
         ) from None
     interpolation = InterpolationMode(cfg.get("interpolation", "bilinear"))
     steps: list[Any] = [v2.ToImage()]
-    if cfg.get("resize_size"):
+    if training:
+        crop = cfg.get("crop_size") or cfg["input_size"][-1]
+        steps += [v2.RandomResizedCrop(crop, interpolation=interpolation, antialias=True), v2.RandomHorizontalFlip()]
+    elif cfg.get("resize_size"):
         steps.append(v2.Resize(cfg["resize_size"], interpolation=interpolation, antialias=True))
-    if cfg.get("crop_size"):
+    if cfg.get("crop_size") and not training:
         steps.append(v2.CenterCrop(cfg["crop_size"]))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(cfg["mean"]), std=list(cfg["std"]))]
     return v2.Compose(steps)
