@@ -40,6 +40,7 @@ class DigitsDataset(Dataset):
         image_size: Height and width of each item.
         source: ``"digits"``.
         skipped: Always empty (kept for the same interface as image folders).
+        preprocessing: What is done to each image (size, mean, std...), for records such as a manifest.
     """
 
     def __init__(
@@ -52,6 +53,13 @@ class DigitsDataset(Dataset):
         self.image_size = size
         self.source = "digits"
         self.skipped: list[str] = []
+        self.preprocessing = {
+            "resize": f"8x8 bilinear to {size}x{size}",
+            "image_size": size,
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+            "in_chans": in_chans,
+        }
         self._in_chans, self._mean, self._std, self._shift = in_chans, cfg["mean"], cfg["std"], shift
 
     def __len__(self) -> int:
@@ -74,6 +82,7 @@ class ImageFolderDataset(Dataset):
         image_size: The crop size of the transforms.
         source: The folder, as a string.
         skipped: Relative paths of unreadable images left out (with ``skip_bad_images``).
+        preprocessing: What is done to each image (resize, crop, interpolation, mean, std), for records.
     """
 
     def __init__(
@@ -214,6 +223,8 @@ def _open_folder(
     transform = transforms_for(cfg, training=training)
     dataset = ImageFolderDataset(scan, samples, transform, size=int(cfg["crop_size"]), max_pixels=max_pixels)
     dataset.skipped = skipped
+    keys = ("resize_size", "crop_size", "interpolation", "mean", "std")
+    dataset.preprocessing = {**{k: cfg.get(k) for k in keys}, "image_size": dataset.image_size, "training": training}
     return dataset
 
 
