@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml requirements.txt | $(PY)
 demo: $(STAMP)
 	$(PY) -m backbones demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)

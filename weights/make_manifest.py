@@ -176,6 +176,8 @@ def build_manifest() -> dict:
                 "reported_by": "torchvision (the whole Faster R-CNN)",
             },
             "license": TORCHVISION_LICENSE,
+            # What torchvision builds around trained weights (without weights, everything trains).
+            "model_kwargs": {"norm_layer": "frozen_batchnorm", "trainable_layers": 3},
             "source": "backbone and FPN of torchvision fasterrcnn_resnet50_fpn COCO_V1 "
             f"({detection.meta['recipe']}); the detector's RPN and box heads are not loaded",
         },
