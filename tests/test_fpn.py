@@ -15,6 +15,11 @@ from .helpers import fresh_model, meta_model, relative_max_diff
 FPN_MODELS = backbones.list_models(kind="fpn")
 
 
+# torchvision's resnet_fpn_backbone freezes BatchNorm and the first two stages whatever the
+# weights; ours does that with pretrained weights and is trainable without (as its detectors are).
+TORCHVISION_BACKBONE_DEFAULTS = {"norm_layer": "frozen_batchnorm", "trainable_layers": 3}
+
+
 def _torchvision_resnet_fpn(**kwargs) -> nn.Module:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
@@ -24,7 +29,7 @@ def _torchvision_resnet_fpn(**kwargs) -> nn.Module:
 @pytest.fixture(scope="module")
 def resnet50_fpn_pair() -> tuple[nn.Module, nn.Module]:
     theirs = _torchvision_resnet_fpn()
-    ours = backbones.create_model("resnet50_fpn")
+    ours = backbones.create_model("resnet50_fpn", **TORCHVISION_BACKBONE_DEFAULTS)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return ours, theirs
 
@@ -44,14 +49,14 @@ def test_resnet50_fpn_matches_torchvision_resnet_fpn_backbone(resnet50_fpn_pair,
 def test_resnet50_fpn_has_torchvisions_keys() -> None:
     with torch.device("meta"):
         expected = set(_torchvision_resnet_fpn().state_dict())
-    assert set(meta_model("resnet50_fpn").state_dict()) == expected
+    assert set(meta_model("resnet50_fpn", **TORCHVISION_BACKBONE_DEFAULTS).state_dict()) == expected
 
 
 @pytest.mark.parametrize("trainable_layers", [0, 1, 2, 3, 4, 5])
 def test_trainable_layers_freeze_what_torchvision_freezes(trainable_layers: int) -> None:
     with torch.device("meta"):
         theirs = _torchvision_resnet_fpn(trainable_layers=trainable_layers)
-    ours = meta_model("resnet50_fpn", trainable_layers=trainable_layers)
+    ours = meta_model("resnet50_fpn", norm_layer="frozen_batchnorm", trainable_layers=trainable_layers)
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert trainable == {n for n, p in theirs.named_parameters() if p.requires_grad}
 
@@ -65,7 +70,9 @@ def test_retinanet_style_p6p7_on_layers_2_to_4_matches_torchvision() -> None:
     theirs = _resnet_fpn_extractor(
         resnet50(norm_layer=FrozenBatchNorm2d), 3, returned_layers=[2, 3, 4], extra_blocks=TorchvisionP6P7(256, 256)
     ).eval()
-    ours = backbones.create_model("resnet50_fpn", returned_layers=(2, 3, 4), extra_blocks="p6p7").eval()
+    ours = backbones.create_model(
+        "resnet50_fpn", returned_layers=(2, 3, 4), extra_blocks="p6p7", **TORCHVISION_BACKBONE_DEFAULTS
+    ).eval()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     x = torch.randn(1, 3, 161, 203)
     with torch.no_grad():
@@ -126,9 +133,9 @@ def test_features_only_on_an_fpn_model_points_to_its_body() -> None:
 
 
 def test_fpn_on_any_family_uses_its_stages() -> None:
-    model = fpn_backbone("vgg11_bn", returned_layers=(2, 3, 4), extra_blocks=None)
+    model = fpn_backbone("vgg11_bn", returned_layers=(2, 3, 4), extra_blocks=None, norm_layer="frozen_batchnorm")
     assert [f.name for f in model.body.feature_info] == ["pool3", "pool4", "pool5"]
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # frozen by default
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
 def _detectors(detector: str):
@@ -155,6 +162,32 @@ def test_torchvision_detector_with_our_backbone_gives_the_same_detections(detect
         assert torch.allclose(mine["scores"], theirs["scores"], atol=1e-6)
         if detector == "maskrcnn":
             assert torch.allclose(mine["masks"], theirs["masks"], atol=1e-5)
+
+
+def test_resnet50_fpn_without_weights_trains_everything_like_torchvisions_detector() -> None:
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    with torch.device("meta"):
+        reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).backbone
+    ours = meta_model("resnet50_fpn")
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in reference.named_parameters() if p.requires_grad}
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in reference.modules())
+    assert batch_norms > 0 and sum(isinstance(m, nn.BatchNorm2d) for m in ours.modules()) == batch_norms
+
+
+def test_fpn_with_pretrained_weights_freezes_like_torchvision(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from backbones.hub.manifest import get_weight_spec
+
+    assert get_weight_spec("resnet50_fpn", "tv_coco").model_kwargs == TORCHVISION_BACKBONE_DEFAULTS
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(backbones.create_model("resnet18").state_dict(), weights)
+    model = fpn_backbone("resnet18", backbone_pretrained=str(weights))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    frozen_stages = {n.split(".")[0] for n, p in model.body.named_parameters() if not p.requires_grad}
+    assert frozen_stages == {"conv1", "layer1"}
 
 
 def test_coco_detector_checkpoint_converts_to_our_resnet50_fpn() -> None:

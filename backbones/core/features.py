@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch.fx
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["FeatureInfo", "module_stages", "ordered_features", "select_feature_info", "trace_trunk"]
+__all__ = [
+    "FeatureInfo",
+    "FeatureInfoList",
+    "module_stages",
+    "ordered_features",
+    "select_feature_info",
+    "trace_trunk",
+]
 
 
 class FeatureInfo(NamedTuple):
@@ -30,7 +37,48 @@ class FeatureInfo(NamedTuple):
     module: str
 
 
-def select_feature_info(feature_info: list[FeatureInfo], out_indices: Iterable[int] | None) -> list[FeatureInfo]:
+class FeatureInfoList(list):
+    """A model's ``feature_info``: a plain list of :class:`FeatureInfo` that also answers timm's questions.
+
+    timm users call ``model.feature_info.channels()`` and ``.reduction()``; both work here, plus
+    ``.stride()`` (the same numbers as ``reduction``, under this package's name) and ``.names()``.
+    Each takes an optional index (an int, or a sequence of ints) and returns one value or a list.
+
+    Example:
+        >>> info = backbones.create_model("resnet50").feature_info
+        >>> info.channels(), info.reduction(-1)
+        ([64, 256, 512, 1024, 2048], 32)
+    """
+
+    def _get(self, field: str, index: int | Iterable[int] | None) -> Any:
+        if index is None:
+            return [getattr(f, field) for f in self]
+        if isinstance(index, int):
+            return getattr(self[index], field)
+        return [getattr(self[i], field) for i in index]
+
+    def channels(self, index: int | Iterable[int] | None = None) -> Any:
+        """Channels of every stage (or of the stages at ``index``)."""
+        return self._get("channels", index)
+
+    def reduction(self, index: int | Iterable[int] | None = None) -> Any:
+        """Stride of every stage in input pixels (timm's name for it)."""
+        return self._get("stride", index)
+
+    def stride(self, index: int | Iterable[int] | None = None) -> Any:
+        """Stride of every stage in input pixels (the same as :meth:`reduction`)."""
+        return self._get("stride", index)
+
+    def names(self, index: int | Iterable[int] | None = None) -> Any:
+        """The output key of every stage (``"layer1"``, ``"pool3"``, ``"0"``...)."""
+        return self._get("name", index)
+
+    def modules(self, index: int | Iterable[int] | None = None) -> Any:
+        """The qualified name of the submodule each stage is read from."""
+        return self._get("module", index)
+
+
+def select_feature_info(feature_info: list[FeatureInfo], out_indices: Iterable[int] | None) -> FeatureInfoList:
     """Pick stages by index; ``None`` picks all of them.
 
     Raises:
@@ -42,7 +90,7 @@ def select_feature_info(feature_info: list[FeatureInfo], out_indices: Iterable[i
     """
     count = len(feature_info)
     if out_indices is None:
-        return list(feature_info)
+        return FeatureInfoList(feature_info)
     indices = list(out_indices)
     valid = ", ".join(f"{i}: {f.name} (stride {f.stride})" for i, f in enumerate(feature_info))
     if not indices:
@@ -54,7 +102,7 @@ def select_feature_info(feature_info: list[FeatureInfo], out_indices: Iterable[i
         normalised.append(index % count)
     if len(set(normalised)) != len(normalised):
         raise ValueError(f"out_indices {tuple(indices)} names a stage twice; valid stages are {valid}")
-    return [feature_info[i] for i in sorted(normalised)]
+    return FeatureInfoList(feature_info[i] for i in sorted(normalised))
 
 
 def ordered_features(names: list[str], values: list[Tensor]) -> dict[str, Tensor]:

@@ -10,7 +10,7 @@ import torch.fx
 import torch.nn as nn
 from torch import Tensor
 
-from backbones.core.features import FeatureInfo
+from backbones.core.features import FeatureInfo, FeatureInfoList
 from backbones.core.inputs import IMAGENET_DEFAULT_CFG, check_image_batch
 from backbones.models.extractor import FeatureExtractor
 from backbones.models.pretrained import HubMixin
@@ -51,11 +51,11 @@ class Backbone(nn.Module, HubMixin):
         self.num_features = 0
         self.head_hidden_size = 0
         self.min_input_size = 1
-        self.feature_info: list[FeatureInfo] = []
+        self.feature_info: FeatureInfoList = FeatureInfoList()
         self.pretrained_cfg: dict[str, Any] = dict(IMAGENET_DEFAULT_CFG, num_classes=num_classes)
 
     def _set_feature_info(self, feature_info: "list[FeatureInfo]", min_input_size: int = 1) -> None:
-        self.feature_info = list(feature_info)
+        self.feature_info = FeatureInfoList(feature_info)
         self.num_features = feature_info[-1].channels
         self.head_hidden_size = self.head_hidden_size or self.num_features
         self.min_input_size = max(min_input_size, max(f.stride for f in feature_info))

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from backbones.core.features import FeatureInfo, module_stages, ordered_features
+from backbones.core.features import FeatureInfo, FeatureInfoList, module_stages, ordered_features
 from backbones.core.layers import NormLayer, freeze_batch_norm
 from backbones.core.registry import get_model_entry
 from backbones.models.extractor import FeatureExtractor
@@ -194,7 +194,7 @@ class BackboneWithFPN(nn.Module, HubMixin):
                 FeatureInfo(name, out_channels, last_stride * factor, "fpn.extra_blocks")
                 for name, factor in zip(extra_blocks.names, extra_blocks.strides, strict=True)
             ]
-        self.feature_info = levels
+        self.feature_info = FeatureInfoList(levels)
         self.pretrained_cfg = dict(body.pretrained_cfg)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
@@ -203,6 +203,8 @@ class BackboneWithFPN(nn.Module, HubMixin):
 
 
 _EXTRA_BLOCKS = ("pool", "p6p7", None)
+# torchvision's detectors train the last three stages of a pretrained body.
+PRETRAINED_TRAINABLE_LAYERS = 3
 
 
 def _make_extra_blocks(
@@ -236,8 +238,8 @@ def fpn_backbone(
     arch: str,
     *,
     returned_layers: Sequence[int] = (1, 2, 3, 4),
-    trainable_layers: int = 3,
-    norm_layer: str | NormLayer | None = "frozen_batchnorm",
+    trainable_layers: int | None = None,
+    norm_layer: str | NormLayer | None = None,
     extra_blocks: str | ExtraFPNBlock | None = "pool",
     out_channels: int = 256,
     fpn_norm_layer: NormLayer | None = None,
@@ -249,10 +251,13 @@ def fpn_backbone(
     Args:
         arch: The body, e.g. ``"resnet50"`` or ``"vgg16_bn"``.
         returned_layers: Stages of ``feature_info`` that feed the pyramid (1..4 = strides 4..32).
-        trainable_layers: How many of the last stages train (0..5); earlier ones are frozen,
-            as in torchvision (3: the last three stages; 5: everything).
-        norm_layer: The body's norm: ``"frozen_batchnorm"`` (default: BatchNorm layers become
-            fixed affine maps, for small detection batches), ``"batchnorm"`` or a callable.
+        trainable_layers: How many of the last stages train (0..5); earlier ones are frozen
+            (3: the last three stages; 5: everything). Default: as torchvision's detectors,
+            3 with pretrained weights, 5 (everything trains) without.
+        norm_layer: The body's norm: ``"frozen_batchnorm"`` (BatchNorm layers become fixed affine
+            maps, for small detection batches), ``"batchnorm"`` or a callable. Default: as
+            torchvision's detectors, frozen with pretrained weights, trainable BatchNorm without
+            (frozen BatchNorm at its initial statistics would be an identity that never learns).
         extra_blocks: ``"pool"`` (Faster R-CNN), ``"p6p7"`` (RetinaNet, from P5), ``"p6p7_c5"``
             (from C5), ``None`` or an :class:`ExtraFPNBlock`.
         out_channels: Channels of every pyramid level.
@@ -268,11 +273,20 @@ def fpn_backbone(
     """
     if get_model_entry(arch).kind != "classifier":
         raise ValueError(f"an FPN needs a classification backbone, got {arch!r}")
-    if norm_layer is None or norm_layer == "frozen_batchnorm":
+    # torchvision's detectors decide both by whether weights come in: pretrained statistics are
+    # worth freezing, initial ones (mean 0, variance 1) are not.
+    trained = backbone_pretrained is not False and backbone_pretrained is not None
+    if norm_layer is None and trained:
+        norm_layer = "frozen_batchnorm"
+    if norm_layer is None:  # the body's own norm (VGG without _bn has none)
+        body = create_model(arch, pretrained=backbone_pretrained, **backbone_kwargs)
+    elif norm_layer == "frozen_batchnorm":
         # Freeze after building: works for every family, including those without BatchNorm.
         body = freeze_batch_norm(create_model(arch, pretrained=backbone_pretrained, **backbone_kwargs))
     else:
         body = create_model(arch, pretrained=backbone_pretrained, norm_layer=norm_layer, **backbone_kwargs)
+    if trainable_layers is None:
+        trainable_layers = PRETRAINED_TRAINABLE_LAYERS if trained else len(body.feature_info)
     _freeze_stages(body, trainable_layers)
     extractor = FeatureExtractor(body, out_indices=tuple(returned_layers))
     extra = _make_extra_blocks(extra_blocks, out_channels, extractor.feature_info[-1].channels)
@@ -295,8 +309,10 @@ def resnet34_fpn(**kwargs: Any) -> BackboneWithFPN:
 def resnet50_fpn(**kwargs: Any) -> BackboneWithFPN:
     """ResNet-50 + FPN, torchvision's ``resnet_fpn_backbone("resnet50")``: the Faster R-CNN backbone.
 
-    Levels '0'..'3' (strides 4..32) and 'pool' (64), 256 channels each; frozen BatchNorm, the
-    last three stages trainable. Drops into ``torchvision.models.detection.FasterRCNN``.
+    Levels '0'..'3' (strides 4..32) and 'pool' (64), 256 channels each. With pretrained weights
+    (``tv_coco``, or ``backbone_pretrained``): frozen BatchNorm and the last three stages
+    trainable; without: trainable BatchNorm and every stage, as torchvision's
+    ``fasterrcnn_resnet50_fpn(weights=None)``. Drops into ``torchvision.models.detection.FasterRCNN``.
     """
     return fpn_backbone("resnet50", **kwargs)
 
