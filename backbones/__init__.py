@@ -6,10 +6,12 @@ Example:
     >>> extractor = backbones.create_model("resnet50", features_only=True, out_indices=(1, 2, 3, 4))
 """
 
+from backbones.apps.extract import extract, load_features
 from backbones.core.features import FeatureInfo
 from backbones.core.layers import FrozenBatchNorm2d
 from backbones.core.registry import UnknownModelError, split_model_name
 from backbones.core.version import __version__
+from backbones.data.calibration import calibration_batches
 from backbones.data.transforms import transforms_for
 from backbones.hub.download import WeightsError, WeightsIntegrityError, WeightsUnavailableError
 from backbones.hub.loading import WeightsMismatchError
@@ -75,8 +77,10 @@ __all__ = [
     "WeightsMismatchError",
     "WeightsUnavailableError",
     "__version__",
+    "calibration_batches",
     "create_model",
     "export",
+    "extract",
     "fpn_backbone",
     "from_pretrained",
     "googlenet_loss",
@@ -87,6 +91,7 @@ __all__ = [
     "inception_v3_fpn",
     "list_models",
     "list_pretrained",
+    "load_features",
     "optimize",
     "register_model",
     "register_weights",

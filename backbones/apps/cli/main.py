@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backbones.apps.cli import extract
+
 __all__ = ["build_parser", "main"]
 
 # Command modules of their own (add_commands(command) registers their sub-commands); they import
 # only argparse at module level, so `--help` stays fast.
-_COMMAND_MODULES: tuple[Any, ...] = ()
+_COMMAND_MODULES: tuple[Any, ...] = (extract,)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
