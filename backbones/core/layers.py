@@ -19,6 +19,7 @@ __all__ = [
     "conv1x1",
     "conv3x3",
     "freeze_batch_norm",
+    "resolve_drop_rate",
     "resolve_norm_layer",
     "same_padding",
 ]
@@ -103,6 +104,25 @@ _NORM_LAYERS: dict[str, NormLayer] = {
     "batchnorm": nn.BatchNorm2d,
     "frozen_batchnorm": FrozenBatchNorm2d,
 }
+
+
+def resolve_drop_rate(dropout: float, drop_rate: float | None) -> float:
+    """The classifier dropout of a family whose own option is ``dropout``, given timm's ``drop_rate`` too.
+
+    ``drop_rate`` (when given) wins, so ``create_model(name, drop_rate=p)`` means the same for
+    every family.
+
+    Raises:
+        ValueError: The probability is outside [0, 1).
+
+    Example:
+        >>> resolve_drop_rate(0.5, None), resolve_drop_rate(0.5, 0.1)
+        (0.5, 0.1)
+    """
+    rate = dropout if drop_rate is None else drop_rate
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_rate must be a probability in [0, 1), got {rate!r}")
+    return float(rate)
 
 
 def resolve_norm_layer(norm_layer: str | NormLayer | None, eps: float = 1e-5) -> NormLayer:

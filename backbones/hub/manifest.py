@@ -183,6 +183,13 @@ def pretrained_cfg_for(entry: ModelEntry, spec: WeightSpec | None) -> dict[str, 
             metrics=spec.metrics,
             license=spec.license,
         )
+        # The size the source evaluated at, when it is not the training size (timm's key).
+        tested_at = spec.metrics.get("input_size")
+        if tested_at and tested_at != cfg["input_size"][-1]:
+            cfg["test_input_size"] = (cfg["input_size"][0], tested_at, tested_at)
+    if cfg.get("crop_size") and cfg.get("resize_size"):
+        # timm's name for the same preprocessing: resize to floor(crop_size / crop_pct), then crop.
+        cfg["crop_pct"] = cfg["crop_size"] / cfg["resize_size"]
     return cfg
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from backbones.core.features import FeatureInfo
-from backbones.core.layers import ConvBnAct, NormLayer, resolve_norm_layer
+from backbones.core.layers import ConvBnAct, NormLayer, resolve_drop_rate, resolve_norm_layer
 from backbones.models.backbone import Backbone
 from backbones.models.factory import register_model
 
@@ -219,6 +219,7 @@ class GoogLeNet(Backbone):
         true_5x5: Build the paper's 5x5 kernel in the third branch. The default, 3x3, is what
             torchvision's ImageNet weights were trained with.
         dropout: Dropout before the classifier.
+        drop_rate: The same as ``dropout``, under the name timm and every family here use.
         dropout_aux: Dropout in the auxiliary classifiers.
         norm_layer: ``"batchnorm"`` (default, eps 1e-3), ``"frozen_batchnorm"`` or a callable.
 
@@ -237,8 +238,10 @@ class GoogLeNet(Backbone):
         dropout: float = 0.2,
         dropout_aux: float = 0.7,
         norm_layer: str | NormLayer | None = None,
+        drop_rate: float | None = None,
     ) -> None:
         super().__init__(num_classes, in_chans)
+        dropout = resolve_drop_rate(dropout, drop_rate)
         if transform_input and in_chans != 3:
             raise ValueError("transform_input re-normalises RGB ImageNet input; it needs in_chans=3")
         norm = resolve_norm_layer(norm_layer, eps=INCEPTION_BN_EPS)
@@ -473,6 +476,7 @@ class Inception3(Backbone):
             7x7/2 convolution (``Conv2d_1a_7x7``). Both give 64 channels at 147x147 from 299x299.
         aux_batch_norm: BatchNorm in the auxiliary classifier (v3) or not (v2).
         dropout: Dropout before the classifier.
+        drop_rate: The same as ``dropout``, under the name timm and every family here use.
         norm_layer: ``"batchnorm"`` (default, eps 1e-3), ``"frozen_batchnorm"`` or a callable.
     """
 
@@ -486,8 +490,10 @@ class Inception3(Backbone):
         aux_batch_norm: bool = True,
         dropout: float = 0.5,
         norm_layer: str | NormLayer | None = None,
+        drop_rate: float | None = None,
     ) -> None:
         super().__init__(num_classes, in_chans)
+        dropout = resolve_drop_rate(dropout, drop_rate)
         if transform_input and in_chans != 3:
             raise ValueError("transform_input re-normalises RGB ImageNet input; it needs in_chans=3")
         norm = resolve_norm_layer(norm_layer, eps=INCEPTION_BN_EPS)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from backbones.core.features import FeatureInfo
-from backbones.core.layers import NormLayer, conv1x1, conv3x3, resolve_norm_layer
+from backbones.core.layers import NormLayer, conv1x1, conv3x3, resolve_drop_rate, resolve_norm_layer
 from backbones.models.backbone import Backbone
 from backbones.models.factory import register_model
 
@@ -169,7 +169,7 @@ class ResNet(Backbone):
             feature_info.append(FeatureInfo(name, channels, stride, name))
 
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.dropout = nn.Dropout(drop_rate)
+        self.dropout = nn.Dropout(resolve_drop_rate(0.0, drop_rate))
         self.fc = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
         self._set_feature_info(feature_info)
         self._init_weights(zero_init_residual)

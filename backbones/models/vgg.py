@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from backbones.core.features import FeatureInfo
-from backbones.core.layers import AdaptiveAvgPool2d, NormLayer, resolve_norm_layer, same_padding
+from backbones.core.layers import AdaptiveAvgPool2d, NormLayer, resolve_drop_rate, resolve_norm_layer, same_padding
 from backbones.models.backbone import Backbone
 from backbones.models.factory import register_model
 
@@ -56,6 +56,7 @@ class VGG(Backbone):
         num_classes: Classifier outputs; 0 leaves the 4096-wide pre-logits as the output.
         in_chans: Input channels.
         dropout: Dropout probability after each of the two hidden fully connected layers.
+        drop_rate: The same as ``dropout``, under the name timm and every family here use.
         norm_layer: With ``batch_norm``: ``"batchnorm"`` (default), ``"frozen_batchnorm"`` or a callable.
 
     Example:
@@ -75,8 +76,10 @@ class VGG(Backbone):
         in_chans: int = 3,
         dropout: float = 0.5,
         norm_layer: str | NormLayer | None = None,
+        drop_rate: float | None = None,
     ) -> None:
         super().__init__(num_classes, in_chans)
+        dropout = resolve_drop_rate(dropout, drop_rate)
         if len(stage_depths) != len(STAGE_WIDTHS):
             raise ValueError(f"stage_depths needs one count per stage (5), got {list(stage_depths)}")
         if norm_layer is not None and not batch_norm:
