@@ -253,7 +253,9 @@ def test_a_single_channel_model_adapts_rgb_weights_by_summing(tmp_path: Path) ->
 
 def test_a_corrupt_local_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
-    path.write_bytes(b"definitely not safetensors")
+    save_safetensors_atomic(backbones.create_model("resnet18").state_dict(), path)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
     with pytest.raises(WeightsIntegrityError, match="truncated or corrupt"):
         backbones.create_model("resnet18", pretrained=path)
 
@@ -341,7 +343,7 @@ def test_readme_documents_pretrained_offline_and_publishing() -> None:
 
 
 def test_manifest_is_valid_json_data() -> None:
-    manifest = json.loads((REPO_ROOT / "backbones" / "data" / "weights.json").read_text())
+    manifest = json.loads((REPO_ROOT / "backbones" / "hub" / "weights.json").read_text())
     assert manifest["format"] == 1 and manifest["models"]
 
 

@@ -10,24 +10,37 @@ either the old file or the new one. Files get the mode the umask gives, like any
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from torch import Tensor
 
-__all__ = ["TEMP_SUFFIX", "atomic_path", "atomic_write_text", "is_temporary", "save_safetensors_atomic"]
+__all__ = [
+    "TEMP_SUFFIX",
+    "atomic_directory",
+    "atomic_path",
+    "atomic_write_text",
+    "is_temporary",
+    "save_safetensors_atomic",
+]
 
 # Temporary files end with this suffix and start with a dot: never mistaken for a finished file.
 TEMP_SUFFIX = ".tmp"
 
 
-def _umask_mode() -> int:
+def _umask_bits() -> int:
     # os.umask can only be read by setting it; set it straight back.
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _umask_mode() -> int:
+    return 0o666 & ~_umask_bits()
 
 
 @contextlib.contextmanager
@@ -52,6 +65,75 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it takes the place of ``path`` in one step.
+
+    A reader of ``path`` sees the old folder or the new one, never a mix of their files: where
+    Linux allows (``renameat2`` with ``RENAME_EXCHANGE``) the two folders swap atomically;
+    elsewhere the old folder is renamed away just before the new one is renamed in, so for an
+    instant there is no folder, which a reader reports as missing rather than mixing. Files and
+    folders of the old ``path`` that the new one does not write (a ``metrics.jsonl`` beside a
+    saved model) are carried over as hard links. On an exception ``path`` is left as it was.
+
+    Raises:
+        NotADirectoryError: ``path`` is an existing file.
+
+    Example:
+        >>> with atomic_directory("my-model") as tmp:
+        ...     (tmp / "config.json").write_text("{}")
+    """
+    path = Path(os.path.realpath(Path(path).expanduser()))
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a folder; give a folder to write to")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask_bits())  # mkdtemp makes it owner-only
+        if path.is_dir():
+            _carry_over(path, tmp)
+            if not _exchange(tmp, path):
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old.", suffix=TEMP_SUFFIX))
+                os.rename(path, old / path.name)
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    for entry in old.iterdir():
+        target = new / entry.name
+        if target.exists() or is_temporary(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, target)
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

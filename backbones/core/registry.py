@@ -87,8 +87,16 @@ def get_model_entry(name: str) -> ModelEntry:
     """Return the registry entry of an architecture (an ``arch.tag`` name is accepted).
 
     Raises:
-        UnknownModelError: The architecture is not registered; the message lists the closest names.
+        UnknownModelError: The architecture is not registered (the message lists the closest names),
+            or the name is not a string, empty, or a path.
     """
+    if not isinstance(name, str) or not name:
+        raise UnknownModelError(f"a model name is a non-empty string such as 'resnet50', got {name!r}")
+    if any(mark in name for mark in ("/", "\\")) or name.startswith((".", "~")):
+        raise UnknownModelError(
+            f"{name!r} is not a model name but looks like a path: load a saved folder with "
+            f"backbones.from_pretrained({name!r}), or a weights file with create_model('<arch>', pretrained={name!r})"
+        )
     arch, _ = split_model_name(name)
     try:
         return _REGISTRY[arch]

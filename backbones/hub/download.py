@@ -2,25 +2,29 @@
 
 Hub files come through ``huggingface_hub`` (its cache, resumable downloads, ``HF_HUB_OFFLINE``,
 ``HF_TOKEN``); URL files through ``torch.hub``'s downloader into ``<torch hub dir>/checkpoints``
-like ``torch.hub.load_state_dict_from_url``. Every file whose sha256 is known is verified before
-use: from the manifest (a full digest or torchvision's file-name prefix), or, for Hub files,
-the Hub's own LFS digest (the name of the blob in the cache). A file that fails is removed, so
-nothing corrupt stays in a cache. Verified files are remembered by size and modification time
-so the digest is not recomputed on every load.
+like ``torch.hub.load_state_dict_from_url``. Every file whose sha256 is known is hashed and
+verified at every load (:mod:`backbones.hub.integrity`): against the manifest (a full digest or
+torchvision's file-name prefix), or, for Hub files, the Hub's own LFS digest (the name of the
+blob in the cache, or the ETag the Hub sends for a cache made without links). A file that fails
+is removed, so nothing corrupt stays in a cache.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import re
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from backbones.hub.integrity import (
+    WeightsError,
+    WeightsIntegrityError,
+    file_sha256,
+    is_sha256,
+    remove_stale_partials,
+    verify_sha256,
+)
 
 __all__ = [
     "WeightsError",
@@ -29,27 +33,21 @@ __all__ = [
     "cache_dir",
     "fetch_hub_file",
     "fetch_url_file",
+    "go_offline_hint",
     "host_reachable",
     "hub_file_cached",
     "is_offline",
     "verify_sha256",
 ]
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _OFFLINE = "offline mode is on (HF_HUB_OFFLINE or BACKBONES_OFFLINE)"
-_CHUNK = 1 << 20
-
-
-class WeightsError(RuntimeError):
-    """A pretrained-weights problem the user can act on; the message says how."""
+# How long the Hub gets to accept a connection before a load gives up on the network (instead of
+# huggingface_hub's ~25 s of retries).
+HUB_CONNECT_TIMEOUT_S = 3.0
 
 
 class WeightsUnavailableError(WeightsError):
     """The file cannot be obtained: offline with nothing cached, no such repo or file, no network."""
-
-
-class WeightsIntegrityError(WeightsError):
-    """The file is corrupt, truncated or not the expected one (its sha256 differs)."""
 
 
 def is_offline() -> bool:
@@ -58,86 +56,31 @@ def is_offline() -> bool:
     return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
+def go_offline_hint() -> str:
+    """How to work from the caches alone, in words."""
+    return "to work from the caches alone, set HF_HUB_OFFLINE=1"
+
+
 def cache_dir() -> Path:
-    """Where converted weights and verification records live: ``$BACKBONES_CACHE`` or
-    ``<torch hub dir>/backbones`` (``TORCH_HOME`` moves it)."""
-    explicit = os.environ.get("BACKBONES_CACHE")
-    if explicit:
-        return Path(explicit)
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "backbones"
-
-
-# ----------------------------------------------------------------------------- verification
-
-_RECORD_LOCK = threading.Lock()
-
-
-def _records_path() -> Path:
-    return cache_dir() / "verified.json"
-
-
-def _load_records() -> dict[str, Any]:
-    try:
-        return json.loads(_records_path().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _stat_key(path: Path) -> list[int]:
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_sha256(path: Path, expected: str, *, what: str, remove: list[Path] | None = None) -> str:
-    """Check that ``path``'s sha256 equals or starts with ``expected``; return the full digest.
-
-    A file verified before, and unchanged since (same size and modification time), is not
-    hashed again. On a mismatch the file and ``remove`` (e.g. a cache symlink) are deleted.
+    """Where converted weights live: ``$BACKBONES_CACHE`` or ``<torch hub dir>/backbones`` (``TORCH_HOME`` moves it).
 
     Raises:
-        WeightsIntegrityError: The digest differs; the message names the file and the fix.
+        WeightsUnavailableError: The path exists and is not a folder.
     """
-    expected = expected.lower()
-    real = Path(os.path.realpath(path))
-    key = str(real)
-    with _RECORD_LOCK:
-        record = _load_records().get(key)
-    if record and record[:2] == _stat_key(real) and record[2].startswith(expected):
-        return record[2]
-    digest = file_sha256(real)
-    if not digest.startswith(expected):
-        for stale in (real, path, *(remove or [])):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(stale)
-        raise WeightsIntegrityError(
-            f"{what}: the sha256 of the downloaded file is {digest}, expected {expected}. The file is truncated, "
-            f"corrupt or not the published one; it has been removed from the cache ({real}). Run again to "
-            f"download it afresh."
+    explicit = os.environ.get("BACKBONES_CACHE")
+    if explicit:
+        path = Path(explicit).expanduser()
+        source = f"BACKBONES_CACHE={explicit}"
+    else:
+        import torch.hub
+
+        path = Path(torch.hub.get_dir()) / "backbones"
+        source = f"the cache folder {path}"
+    if path.exists() and not path.is_dir():
+        raise WeightsUnavailableError(
+            f"{source} is a file, not a folder; point BACKBONES_CACHE at a folder (or remove the file)"
         )
-    with _RECORD_LOCK:
-        records = _load_records()
-        records[key] = [*_stat_key(real), digest]
-        _atomic_write_text(_records_path(), json.dumps(records))
-    return digest
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- the Hub
@@ -158,16 +101,38 @@ def _progress_class(progress: bool) -> Any:
 
 
 def fetch_hub_file(
-    repo_id: str, filename: str, *, revision: str | None = None, what: str, progress: bool = True
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    what: str,
+    progress: bool = True,
+    token: str | bool | None = None,
+    cache_dir: str | Path | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    sha256: str | None = None,
 ) -> Path:
     """Download ``filename`` of Hub repo ``repo_id`` (or find it in the cache) and verify it.
 
+    Args:
+        repo_id: ``"owner/name"``.
+        filename: The file in the repo.
+        revision: A branch, tag or commit; ``None`` is the default branch.
+        what: The weights' name, for messages.
+        progress: Show a progress bar.
+        token: A Hub token (``None``: ``HF_TOKEN`` or the stored login).
+        cache_dir: The Hugging Face cache to use instead of ``HF_HUB_CACHE``.
+        local_files_only: Use the cache only (as ``HF_HUB_OFFLINE=1`` does).
+        force_download: Download again even when cached.
+        sha256: The expected digest when the manifest knows it.
+
     Raises:
         WeightsUnavailableError: Offline with nothing cached, no such repo/revision/file, or the
-            Hub cannot be reached; the message says how to pre-fetch the file.
-        WeightsIntegrityError: The file's sha256 is not the Hub's.
+            Hub cannot be reached; the message says how to pre-fetch the file or go offline.
+        WeightsIntegrityError: The file's sha256 is not the Hub's (or the manifest's).
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
@@ -175,20 +140,37 @@ def fetch_hub_file(
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.file_download import repo_folder_name
 
     source = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
     prefetch = (
         f"pre-fetch it where the Hub is reachable with `python -m backbones download {what}` "
-        f"(or `hf download {repo_id} {filename}`) and copy the Hugging Face cache (HF_HOME) here"
+        f"(or `hf download {repo_id} {filename}`) and copy the Hugging Face cache (HF_HOME) here with its "
+        f"links kept (`cp -a`)"
     )
+    hub_cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    storage = hub_cache / repo_folder_name(repo_id=repo_id, repo_type="model")
+    remove_stale_partials(storage / "blobs")
+    cache_only = local_files_only or is_offline()
+    if not cache_only and not host_reachable(constants.ENDPOINT, HUB_CONNECT_TIMEOUT_S):
+        host = urlparse(constants.ENDPOINT).netloc
+        if force_download or not hub_file_cached(repo_id, filename, revision, cache_dir=cache_dir):
+            raise WeightsUnavailableError(
+                f"{what}: {source} is not in the local cache and {host} cannot be reached (no network?); "
+                f"{prefetch}; {go_offline_hint()}"
+            )
+        cache_only = True  # the cached copy serves; no retries against a network that is not there
     try:
         path = Path(
             hf_hub_download(
                 repo_id,
                 filename,
                 revision=revision,
+                cache_dir=cache_dir,
+                token=token,
+                force_download=force_download,
                 tqdm_class=_progress_class(progress),
-                local_files_only=is_offline(),
+                local_files_only=cache_only,
             )
         )
     except RepositoryNotFoundError:
@@ -199,24 +181,71 @@ def fetch_hub_file(
     except RevisionNotFoundError:
         raise WeightsUnavailableError(f"{what}: repository {repo_id!r} has no revision {revision!r}") from None
     except LocalEntryNotFoundError:
-        reason = _OFFLINE if is_offline() else "the Hub cannot be reached"
+        reason = "the Hub cannot be reached"
+        if is_offline() or local_files_only:
+            reason = _OFFLINE if is_offline() else "local_files_only=True"
         raise WeightsUnavailableError(f"{what}: {source} is not in the local cache and {reason}; {prefetch}") from None
     except EntryNotFoundError:
         raise WeightsUnavailableError(f"{what}: repository {repo_id!r} has no file {filename!r}") from None
     except (HfHubHTTPError, OSError) as err:
-        raise WeightsUnavailableError(f"{what}: downloading {source} failed ({err}); {prefetch}") from None
-    # In the Hub cache an LFS file's blob is named by its sha256: verify against it.
-    blob = Path(os.path.realpath(path))
-    if _SHA256.match(blob.name):
-        verify_sha256(path, blob.name, what=what, remove=[path])
+        raise WeightsUnavailableError(
+            f"{what}: downloading {source} failed ({err}); {prefetch}; {go_offline_hint()}"
+        ) from None
+    _verify_hub_file(path, storage, repo_id, filename, revision, what, token, cache_only, sha256)
     return path
 
 
-def hub_file_cached(repo_id: str, filename: str, revision: str | None = None) -> bool:
+def _verify_hub_file(
+    path: Path,
+    storage: Path,
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    what: str,
+    token: str | bool | None,
+    cache_only: bool,
+    sha256: str | None,
+) -> None:
+    """Check a Hub file against the Hub's digest: the name of its blob, else a blob named by its
+    content, else the ETag the Hub sends (a cache made without links: HF_HUB_DISABLE_SYMLINKS,
+    or copied with ``cp -rL``)."""
+    blob = Path(os.path.realpath(path))
+    if sha256:
+        verify_sha256(path, sha256, what=what, remove=[path])
+        return
+    if is_sha256(blob.name):
+        verify_sha256(path, blob.name, what=what, remove=[path])
+        return
+    digest = file_sha256(blob)
+    if (storage / "blobs" / digest).is_file():
+        return  # the content is exactly what the Hub named by that digest
+    hub_digest = None if cache_only else _hub_etag_sha256(repo_id, filename, revision, token)
+    if hub_digest is None:
+        raise WeightsIntegrityError(
+            f"{what}: {path} is a plain copy (not a link to a blob named by its sha256, as a cache made with "
+            f"HF_HUB_DISABLE_SYMLINKS=1 or copied with `cp -rL` holds), so it cannot be verified offline. Copy "
+            f"the Hugging Face cache with its links kept (`cp -a`), or load it once with the Hub reachable"
+        )
+    if digest != hub_digest:
+        verify_sha256(path, hub_digest, what=what, remove=[path])
+
+
+def _hub_etag_sha256(repo_id: str, filename: str, revision: str | None, token: str | bool | None) -> str | None:
+    """The sha256 the Hub reports for an LFS file (its ETag), or ``None`` for a small non-LFS file."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    metadata = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=token)
+    etag = (metadata.etag or "").strip('"').removeprefix("W/").strip('"')
+    return etag if is_sha256(etag) else None
+
+
+def hub_file_cached(
+    repo_id: str, filename: str, revision: str | None = None, *, cache_dir: str | Path | None = None
+) -> bool:
     """Whether the Hugging Face cache already holds ``filename`` of ``repo_id`` (no request made)."""
     from huggingface_hub import try_to_load_from_cache
 
-    return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+    return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str)
 
 
 def host_reachable(url: str, timeout: float = 3.0) -> bool:
@@ -252,6 +281,7 @@ def fetch_url_file(url: str, *, sha256: str | None, what: str, progress: bool = 
     import torch.hub
 
     path = url_cache_path(url)
+    remove_stale_partials(path.parent)
     if not path.exists():
         if is_offline():
             raise WeightsUnavailableError(
@@ -266,7 +296,10 @@ def fetch_url_file(url: str, *, sha256: str | None, what: str, progress: bool = 
         except Exception as err:  # urllib raises many kinds; all mean the same to the user
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            raise WeightsUnavailableError(f"{what}: downloading {url} failed ({err})") from None
+            raise WeightsUnavailableError(
+                f"{what}: downloading {url} failed ({err}); put the file there by hand, or {go_offline_hint()} "
+                f"when the file is cached"
+            ) from None
     if sha256:
         verify_sha256(path, sha256, what=what)
     return path

@@ -19,7 +19,9 @@ from backbones.core.registry import ModelEntry, UnknownModelError, unknown_name_
 
 __all__ = [
     "WeightSpec",
+    "check_pretrained_value",
     "get_weight_spec",
+    "head_consistent_cfg",
     "pretrained_cfg_for",
     "register_weights",
     "resolve_weight_spec",
@@ -145,17 +147,66 @@ def resolve_weight_spec(arch: str, tag: str | None, pretrained: bool | str | Pat
     """The spec that ``create_model(arch[.tag], pretrained=...)`` uses, or ``None`` for none.
 
     A tag in the name or ``pretrained="tag"`` selects that spec; ``pretrained=True`` alone selects
-    the default tag; a path selects no spec (the file speaks for itself).
+    the default tag; a path selects no spec (the file speaks for itself). A string names an
+    existing file or folder first (``pretrained="my-resnet"`` finds the folder ``save_pretrained``
+    wrote), a weight tag second.
+
+    Raises:
+        ValueError: ``pretrained`` is not ``True``/``False``, a tag or a path (``0``, ``1``, ``""``).
+        UnknownModelError: A string that is neither an existing file or folder nor a weight tag;
+            the message says both were tried.
     """
-    if isinstance(pretrained, str) and not _looks_like_path(pretrained):
+    check_pretrained_value(pretrained)
+    if isinstance(pretrained, str) and not _looks_like_path(pretrained) and not Path(pretrained).expanduser().exists():
         if tag is not None and tag != pretrained:
             raise ValueError(f"the name asks for weights {tag!r} but pretrained={pretrained!r}; give one")
-        tag = pretrained
+        try:
+            return get_weight_spec(arch, pretrained)
+        except UnknownModelError as err:
+            raise UnknownModelError(
+                f"pretrained={pretrained!r} is neither a file or folder (none at {Path(pretrained).resolve()}) nor "
+                f"a weight tag: {err}"
+            ) from None
     if tag is not None:
         return get_weight_spec(arch, tag)
     if pretrained is True:
         return get_weight_spec(arch)
     return None
+
+
+def check_pretrained_value(pretrained: object) -> None:
+    """Refuse ``pretrained`` values that are none of ``True``/``False``/``None``, a tag or a path.
+
+    Raises:
+        ValueError: ``0``/``1`` (ints are not flags here), ``""``, or another type.
+    """
+    if pretrained is None or isinstance(pretrained, (bool, Path)):
+        return
+    if isinstance(pretrained, str):
+        if not pretrained.strip():
+            raise ValueError("pretrained='' names nothing; give True, a weight tag such as 'tv_in1k', or a path")
+        return
+    raise ValueError(
+        f"pretrained must be True/False, a weight tag such as 'tv_in1k' or a path, got {pretrained!r} "
+        f"({type(pretrained).__name__})"
+    )
+
+
+def head_consistent_cfg(cfg: dict[str, Any], num_classes: int | None) -> dict[str, Any]:
+    """``cfg`` with class names, class count and reported metrics that agree with a head of ``num_classes``.
+
+    After ``reinit_head`` or any other class count, the weights' ImageNet class names and top-1
+    no longer describe the model: they are dropped (class names ``None``, metrics empty), and
+    ``head`` records that the classifier is new. ``None`` (a model without a classifier, such as an
+    FPN) leaves ``cfg`` as it is.
+    """
+    if num_classes is None:
+        return cfg
+    names = cfg.get("class_names")
+    if cfg.get("num_classes") == num_classes and (names is None or len(names) == num_classes):
+        return cfg
+    new_head = {"head": f"new {num_classes}-class classifier"} if cfg.get("weights") else {}
+    return {**cfg, "num_classes": num_classes, "class_names": None, "metrics": {}, **new_head}
 
 
 def _looks_like_path(value: str) -> bool:

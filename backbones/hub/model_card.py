@@ -15,6 +15,17 @@ def _metrics_lines(metrics: dict[str, Any]) -> list[str]:
     return [f"- {metrics.get('dataset', 'evaluation')}: {shown} (reported by {source})"]
 
 
+def _training_lines(training: dict[str, Any]) -> list[str]:
+    # Written by `backbones finetune` into pretrained_cfg["training"]: how these weights were made.
+    if not training:
+        return []
+    lines = ["## Training", ""]
+    lines += [f"- {key.replace('_', ' ')}: {value}" for key, value in training.items() if key != "command"]
+    if training.get("command"):
+        lines += ["", "Command line:", "", "```", str(training["command"]), "```"]
+    return [*lines, ""]
+
+
 def render_model_card(config: dict[str, Any]) -> str:
     """Render a model card from a ``config.json`` dictionary (see ``backbones.hub``)."""
     arch = config["architecture"]
@@ -24,6 +35,8 @@ def render_model_card(config: dict[str, Any]) -> str:
     options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "defaults"
     kind = "feature extractor" if config.get("features_only") else "model"
     weights = cfg.get("weights") or "weights saved with save_pretrained"
+    if cfg.get("head"):  # the weights' classifier was replaced: their class names and metrics no longer apply
+        weights = f"{weights} with a {cfg['head']}"
     lines = [
         "---",
         "library_name: backbones",
@@ -54,6 +67,7 @@ def render_model_card(config: dict[str, Any]) -> str:
         f"| {cfg.get('input_size')} | {cfg.get('resize_size')} | {cfg.get('crop_size')} | "
         f"{cfg.get('interpolation')} | {cfg.get('mean')} | {cfg.get('std')} |",
         "",
+        *_training_lines(cfg.get("training") or {}),
         "## Metrics",
         "",
         *_metrics_lines(cfg.get("metrics") or {}),

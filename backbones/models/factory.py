@@ -17,9 +17,10 @@ from typing import Any
 
 import torch.nn as nn
 
+from backbones.core.options import check_model_options, check_out_indices
 from backbones.core.registry import ModelEntry, add_entry, get_model_entry, model_entries, split_model_name
 from backbones.hub.loading import load_pretrained
-from backbones.hub.manifest import pretrained_cfg_for, resolve_weight_spec, weight_names
+from backbones.hub.manifest import head_consistent_cfg, pretrained_cfg_for, resolve_weight_spec, weight_names
 
 __all__ = ["create_model", "list_models", "list_pretrained", "register_model"]
 
@@ -146,6 +147,8 @@ def create_model(
 
     Raises:
         UnknownModelError: The name or tag is not registered (the message suggests close names).
+        ValueError: An option of the wrong type or out of range (``num_classes=-1``, ``in_chans=0``,
+            ``pretrained=1``, ``out_indices=5``); the message names it.
         WeightsError: Weights were asked for and cannot be obtained, are corrupt, or do not fit.
 
     Example:
@@ -155,10 +158,13 @@ def create_model(
     """
     entry = get_model_entry(model_name)
     arch, tag = split_model_name(model_name)
+    check_model_options(kwargs)
+    out_indices = check_out_indices(out_indices)
     spec = resolve_weight_spec(arch, tag, pretrained)
     build_kwargs = {**(spec.model_kwargs if spec else {}), **kwargs}
     model = entry.builder(**build_kwargs)
-    model.pretrained_cfg = pretrained_cfg_for(entry, spec)
+    classes = getattr(model, "num_classes", None) if entry.kind == "classifier" else None
+    model.pretrained_cfg = head_consistent_cfg(pretrained_cfg_for(entry, spec), classes)
     # What save_pretrained writes to config.json, so from_pretrained can rebuild the same network.
     model.model_config = {"architecture": arch, **build_kwargs}
     if pretrained is not False and pretrained is not None:
