@@ -58,8 +58,9 @@ def _files_sha256(samples: Sequence[tuple[str, int]]) -> str:
     return hashlib.sha256(json.dumps([list(s) for s in samples]).encode()).hexdigest()
 
 
-def _layer_shapes(fast: nn.Module, selection: LayerSelection, example: Tensor, store: torch.dtype) -> dict[str, Any]:
-    outputs = select_outputs(fast(example), selection)
+def _layer_shapes(network: nn.Module, selection: LayerSelection, example: Tensor, store: torch.dtype) -> dict[str, Any]:
+    with torch.inference_mode():
+        outputs = select_outputs(network(example), selection)
     return {
         name: {"shape": list(t.shape[1:]), "dtype": str(store).removeprefix("torch.")} for name, t in outputs.items()
     }
@@ -209,10 +210,9 @@ def extract(
         network = extraction_network(source.model.to(context.device), selection)
         size = dataset.image_size
         example = torch.zeros(1, source.model.in_chans, size, size, device=context.device)
-        fast = optimize(network, dtype=compute_dtype, example_input=example.expand(batch_size, -1, -1, -1))
         options = {
             "dtype": dtype,
-            "layer_shapes": _layer_shapes(fast, selection, example, store_dtype),
+            "layer_shapes": _layer_shapes(network, selection, example, store_dtype),
             "split": split,
             "shard_size": shard_size,
             "shards": len(spans),
@@ -226,21 +226,23 @@ def extract(
         barrier(context)
         done = complete_shards(out, plan["fingerprint"], len(spans))
         mine = [s for s in range(len(spans)) if s % context.world_size == context.rank and s not in done]
-        _run_shards(
-            fast,
-            selection,
-            dataset,
-            out,
-            plan,
-            mine,
-            batch_size=batch_size,
-            workers=max(1, (os.cpu_count() or 1) // context.world_size) if workers is None else workers,
-            store_dtype=store_dtype,
-            shapes=plan["layer_shapes"],
-            skip_bad_images=skip_bad_images,
-            context=context,
-            progress=progress,
-        )
+        if mine:
+            fast = optimize(network, dtype=compute_dtype, example_input=example.expand(batch_size, -1, -1, -1))
+            _run_shards(
+                fast,
+                selection,
+                dataset,
+                out,
+                plan,
+                mine,
+                batch_size=batch_size,
+                workers=max(1, (os.cpu_count() or 1) // context.world_size) if workers is None else workers,
+                store_dtype=store_dtype,
+                shapes=plan["layer_shapes"],
+                skip_bad_images=skip_bad_images,
+                context=context,
+                progress=progress,
+            )
         barrier(context)
         if context.is_main:
             paths = [path for path, _ in dataset.samples]
