@@ -27,6 +27,7 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int) -> Tensor:
     the fix instead of an error from deep inside a convolution.
 
     Raises:
+        TypeError: Not a tensor (a numpy array, a list); the message says how to convert it.
         ValueError: Wrong rank, an integer dtype, the wrong channel count, or an image too small.
 
     Example:
@@ -35,6 +36,11 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int) -> Tensor:
         ...
         ValueError: expected a batch of images [N, 3, H, W], got a 3-D tensor of shape [3, 224, 224]; ...
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"expected a torch.Tensor batch [N, {in_chans}, H, W], got {type(x).__name__}; convert it with "
+            f"torch.as_tensor(x, dtype=torch.float32) (images as float, channels first, normalised)"
+        )
     if x.dim() != 4:
         raise ValueError(
             f"expected a batch of images [N, {in_chans}, H, W], got a {x.dim()}-D tensor of shape "

@@ -9,6 +9,7 @@ count, input channels, heads the model chose not to build) are resolved or expla
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -267,7 +268,7 @@ def load_pretrained(
         return
     state, converted = _load_spec_state_dict(spec, progress)
     try:
-        load_fitting_state_dict(model, state, what=spec.name, reinit_head=reinit_head)
+        load_fitting_state_dict(model, state, what=spec.name, reinit_head=reinit_head, explain=converted is None)
     except ClassCountMismatchError:
         raise
     except WeightsMismatchError:
@@ -289,7 +290,7 @@ def _head_keys(model: nn.Module) -> set[str]:
 
 
 def load_fitting_state_dict(
-    model: nn.Module, state: dict[str, Tensor], *, what: str, reinit_head: bool = False
+    model: nn.Module, state: dict[str, Tensor], *, what: str, reinit_head: bool = False, explain: bool = True
 ) -> None:
     """``load_state_dict(strict=True)`` with the differences a user can act on explained.
 
@@ -297,7 +298,8 @@ def load_fitting_state_dict(
     a classifier with ``num_classes=0``) are skipped; a classifier of another size is kept
     freshly initialised only with ``reinit_head``; a first convolution for another number of
     input channels is adapted (summed for 1 channel, repeated and rescaled otherwise). Values no
-    trained network has (see :func:`check_weight_values`) are refused.
+    trained network has (see :func:`check_weight_values`) are refused. With ``explain``, a
+    mismatch names the registered architecture the weights fit (see :func:`architectures_fitting`).
 
     Raises:
         WeightsIntegrityError: A tensor that is not floating point where the model's is, or holds
@@ -339,7 +341,7 @@ def load_fitting_state_dict(
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     if mismatched or missing or unexpected:
-        raise WeightsMismatchError(_mismatch_message(model, state, what, missing, unexpected, mismatched))
+        raise WeightsMismatchError(_mismatch_message(model, state, what, missing, unexpected, mismatched, explain))
     model.load_state_dict(state, strict=True)
 
 
@@ -372,6 +374,7 @@ def _mismatch_message(
     missing: list[str],
     unexpected: list[str],
     mismatched: list[str],
+    explain: bool,
 ) -> str:
     own = model.state_dict()
     parts = []
@@ -384,8 +387,9 @@ def _mismatch_message(
             "shape mismatches: "
             + _listing([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched])
         )
-    arch = (getattr(model, "model_config", None) or {}).get("architecture", type(model).__name__)
-    fitting = [name for name in architectures_fitting(state) if name != arch]
+    arch = (getattr(model, "model_config", None) or {}).get("architecture")
+    fitting = [name for name in architectures_fitting(state, like=arch) if name != arch] if arch and explain else []
+    arch = arch or type(model).__name__
     if fitting:
         return (
             f"{what} holds weights of another architecture ({' or '.join(fitting)}), not {arch} "
@@ -397,29 +401,46 @@ def _mismatch_message(
     )
 
 
-def architectures_fitting(state: dict[str, Tensor]) -> list[str]:
+def architectures_fitting(state: dict[str, Tensor], like: str | None = None) -> list[str]:
     """Registered architectures whose layers (classifier aside) have exactly the keys and shapes of ``state``.
 
-    Each architecture is built on the meta device (no memory, no initialisation), so this costs well
-    under a second; it runs only to explain a mismatch.
-    """
-    import torch
+    Args:
+        state: The checkpoint's weights.
+        like: Compare only with architectures of this one's family and kind (building every
+            registered model costs seconds; one family, well under one).
 
-    from backbones.core.registry import model_entries
+    Each candidate is built once per process on the meta device (no memory, no initialisation).
+    This runs only to explain a mismatch.
+    """
+    from backbones.core.registry import get_model_entry, model_entries
 
     wanted = {k: tuple(v.shape) for k, v in state.items()}
+    entries = model_entries()
+    if like is not None:
+        family, kind = get_model_entry(like).family, get_model_entry(like).kind
+        entries = [e for e in entries if e.family == family and e.kind == kind]
     names = []
-    for entry in model_entries():
-        try:
-            with torch.device("meta"):
-                candidate = entry.builder()
-        except Exception:  # an architecture that needs arguments cannot be a guess
-            continue
-        head = _head_keys(candidate)
-        shapes = {k: tuple(v.shape) for k, v in candidate.state_dict().items() if k not in head}
-        if shapes == {k: v for k, v in wanted.items() if k not in head}:
+    for entry in entries:
+        shapes, head = _layer_shapes(entry.name)
+        if shapes and shapes == {k: v for k, v in wanted.items() if k not in head}:
             names.append(entry.name)
     return names
+
+
+@functools.cache
+def _layer_shapes(arch: str) -> tuple[dict[str, tuple[int, ...]], frozenset[str]]:
+    """``arch``'s state-dict shapes without its classifier, and the classifier keys (empty when it cannot be built)."""
+    import torch
+
+    from backbones.core.registry import get_model_entry
+
+    try:
+        with torch.device("meta"):
+            candidate = get_model_entry(arch).builder()
+    except Exception:  # an architecture that needs arguments cannot be a guess
+        return {}, frozenset()
+    head = _head_keys(candidate)
+    return {k: tuple(v.shape) for k, v in candidate.state_dict().items() if k not in head}, frozenset(head)
 
 
 def check_weight_values(state: dict[str, Tensor], own: dict[str, Tensor], what: str) -> None:

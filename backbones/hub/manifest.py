@@ -203,7 +203,10 @@ def head_consistent_cfg(cfg: dict[str, Any], num_classes: int | None) -> dict[st
     if num_classes is None:
         return cfg
     names = cfg.get("class_names")
-    if cfg.get("num_classes") == num_classes and (names is None or len(names) == num_classes):
+    # Reported metrics belong to a head with named classes; a head without names (reset_classifier
+    # clears them) cannot carry the weights' top-1.
+    agrees = len(names) == num_classes if names is not None else not cfg.get("metrics")
+    if cfg.get("num_classes") == num_classes and agrees:
         return cfg
     new_head = {"head": f"new {num_classes}-class classifier"} if cfg.get("weights") else {}
     return {**cfg, "num_classes": num_classes, "class_names": None, "metrics": {}, **new_head}
