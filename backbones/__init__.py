@@ -6,7 +6,9 @@ Example:
     >>> extractor = backbones.create_model("resnet50", features_only=True, out_indices=(1, 2, 3, 4))
 """
 
+from backbones.apps.evaluate import evaluate_model
 from backbones.apps.extract import extract, load_features
+from backbones.apps.finetune import FinetuneResult, finetune
 from backbones.core.features import FeatureInfo
 from backbones.core.layers import FrozenBatchNorm2d
 from backbones.core.registry import UnknownModelError, split_model_name
@@ -66,6 +68,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureInfo",
     "FeaturePyramidNetwork",
+    "FinetuneResult",
     "FrozenBatchNorm2d",
     "GoogLeNet",
     "Inception3",
@@ -79,8 +82,10 @@ __all__ = [
     "__version__",
     "calibration_batches",
     "create_model",
+    "evaluate_model",
     "export",
     "extract",
+    "finetune",
     "fpn_backbone",
     "from_pretrained",
     "googlenet_loss",

@@ -1,0 +1,161 @@
+"""The fine-tuning recipe: every option of ``backbones finetune``, its default and its checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DTYPES", "OPTIMIZERS", "RESUME_FIELDS", "FinetuneConfig"]
+
+OPTIMIZERS = ("sgd", "adamw")
+DTYPES = ("fp32", "bf16")
+# Learning rate and weight decay when not given: SGD's is the recipe measured on the digits
+# (nesterov, lr 0.05, batch 64); AdamW's the usual fine-tuning values.
+_DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
+_DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
+# Fields that define what a checkpoint continues: --resume refuses a run that changed one of them.
+RESUME_FIELDS = (
+    "model",
+    "data",
+    "val_data",
+    "val_fraction",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "clip_grad_norm",
+    "dtype",
+    "pretrained",
+    "trainable_stages",
+    "freeze_norm",
+    "augment",
+    "image_size",
+    "seed",
+    "world_size",
+)
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run depends on (the CLI options, one for one).
+
+    Attributes:
+        model: A registered classification architecture (``"resnet18"``, ``"resnet50.tv2_in1k"``)
+            or a folder written by ``save_pretrained``.
+        data: ``"digits"`` or an image folder (one subfolder per class).
+        out: The output folder (a ``save_pretrained`` folder plus metrics, curves, checkpoints).
+        epochs: Passes over the training data.
+        batch_size: Images per step in each process (the global batch is this times the processes).
+        lr: Peak learning rate (default: 0.05 for SGD, 1e-3 for AdamW), reached after the warmup.
+        optimizer: ``"sgd"`` (momentum, nesterov) or ``"adamw"``.
+        momentum: SGD momentum.
+        nesterov: SGD with Nesterov momentum.
+        weight_decay: Decay on weights (never on norms and biases); default per optimizer.
+        warmup_epochs: Linear warmup from 0, then cosine decay to 0 over the remaining steps.
+        label_smoothing: Cross-entropy label smoothing.
+        clip_grad_norm: Clip the global gradient norm to this (``None``: no clipping).
+        dtype: ``"fp32"``, or ``"bf16"`` autocast for the forward pass.
+        pretrained: Start from these weights (a tag such as ``"tv_in1k"``, or a file), with a fresh
+            head for the data's classes. ``None``: random initialisation (or the weights of a
+            ``save_pretrained`` folder given as ``model``).
+        trainable_stages: Train only the last K stages of ``model.feature_info`` (the FPN's
+            split) and the head; ``None`` trains everything; 0 trains the head only.
+        freeze_norm: Keep BatchNorm statistics and affine parameters fixed (eval-mode BatchNorm).
+        augment: Training augmentation (folders: random resized crop and flip; digits: shifts).
+        image_size: Input size (default: ``max(32, model minimum)`` on digits, the crop size on folders).
+        val_data: A validation folder; otherwise ``val_fraction`` of ``data`` (stratified, seeded).
+        val_fraction: Share of ``data`` held out for validation.
+        seed: Seed of the initialisation, the split, the shuffle and the augmentation.
+        deterministic: Deterministic algorithms only (``torch.use_deterministic_algorithms``).
+        workers: DataLoader worker processes per training process.
+        skip_bad_images: Skip unreadable images (and report them) instead of stopping.
+        sync_bn: Convert BatchNorm to SyncBatchNorm (CUDA with several processes only).
+        device: ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
+        resume: Continue from the last complete checkpoint in ``out``.
+        progress: Show a progress bar (rank 0 only).
+        command: The command line recorded in the model card.
+    """
+
+    model: str
+    data: str
+    out: str
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float | None = None
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None
+    dtype: str = "fp32"
+    pretrained: str | None = None
+    trainable_stages: int | None = None
+    freeze_norm: bool = False
+    augment: bool = True
+    image_size: int | None = None
+    val_data: str | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 0
+    skip_bad_images: bool = False
+    sync_bn: bool = False
+    device: str | None = None
+    resume: bool = False
+    progress: bool = True
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        self.model, self.data, self.out = str(self.model), str(self.data), str(self.out)
+        if self.val_data is not None:
+            self.val_data = str(self.val_data)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.lr is None:
+            self.lr = _DEFAULT_LR[self.optimizer]
+        if self.weight_decay is None:
+            self.weight_decay = _DEFAULT_WEIGHT_DECAY[self.optimizer]
+        _check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        _check_non_negative(
+            weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs,
+            workers=self.workers,
+            momentum=self.momentum,
+        )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ValueError(f"clip_grad_norm must be positive (or None for no clipping), got {self.clip_grad_norm}")
+        if self.trainable_stages is not None and self.trainable_stages < 0:
+            raise ValueError(f"trainable_stages must be 0 or more, got {self.trainable_stages}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder for the fine-tuned model")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as a JSON-ready dict (what the checkpoint and metrics record)."""
+        return dataclasses.asdict(self)
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
+def _check_non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"{name} must be 0 or more, got {value}")

@@ -1,0 +1,273 @@
+"""``finetune``: the whole run, alone or as one process of a ``torchrun`` job."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from backbones.apps.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from backbones.apps.finetune.config import RESUME_FIELDS, FinetuneConfig
+from backbones.apps.finetune.loop import evaluate, train_one_epoch
+from backbones.apps.finetune.model_setup import build_model, freeze_parts, preprocessing_model, set_train_mode
+from backbones.apps.finetune.optim import build_optimizer, build_schedule
+from backbones.apps.finetune.output import save_model, write_curves, write_metrics
+from backbones.apps.parallel import DistributedContext, barrier, broadcast_buffers, distributed_session
+from backbones.data.datasets import open_dataset
+from backbones.data.loaders import make_loader, set_loader_epoch
+
+__all__ = ["FinetuneResult", "finetune", "run_finetune"]
+
+
+@dataclass
+class FinetuneResult:
+    """What a run produced.
+
+    Attributes:
+        out: The output folder (a ``save_pretrained`` folder plus metrics, curves, checkpoints).
+        metrics: One record per epoch (what ``metrics.jsonl`` holds).
+        val_top1: Final validation top-1 accuracy (0..1).
+        val_top5: Final validation top-5 accuracy (0..1).
+        skipped: Unreadable images left out (with ``skip_bad_images``).
+        world_size: Processes that trained.
+    """
+
+    out: Path
+    metrics: list[dict[str, Any]]
+    val_top1: float
+    val_top5: float
+    skipped: list[str]
+    world_size: int
+
+
+def finetune(model: str, data: str, out: str | Path, **options: Any) -> FinetuneResult:
+    """Fine-tune a classification model on an image folder or the built-in digits.
+
+    Runs alone, or as one process of ``torchrun --nproc_per_node N ...`` (DistributedDataParallel,
+    gloo on CPU, nccl on CUDA; ``batch_size`` is per process). Only rank 0 writes files.
+
+    Args:
+        model: A registered architecture (``"resnet18"``, ``"resnet50.tv2_in1k"``) or a folder
+            written by ``save_pretrained``.
+        data: ``"digits"`` or an image folder with one subfolder per class.
+        out: The output folder: ``config.json``, ``model.safetensors``, ``README.md`` (model card),
+            ``metrics.jsonl``, ``curves.png`` and ``checkpoints/``.
+        **options: Any field of :class:`~backbones.apps.finetune.config.FinetuneConfig`
+            (``epochs``, ``batch_size``, ``lr``, ``optimizer``, ``pretrained``, ``trainable_stages``,
+            ``dtype``, ``seed``, ``resume``...).
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Raises:
+        ValueError: A bad option or bad data (the message names the problem and the fix).
+        FileNotFoundError: The data folder does not exist.
+
+    Example:
+        >>> result = backbones.finetune("resnet18", "digits", "runs/digits", epochs=5)
+        >>> round(result.val_top1, 3)
+        0.986
+        >>> model = backbones.from_pretrained("runs/digits")
+    """
+    return run_finetune(FinetuneConfig(model=model, data=str(data), out=str(out), **options))
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _check_sync_bn(config: FinetuneConfig, context: DistributedContext) -> None:
+    if config.sync_bn and context.device.type != "cuda":
+        raise ValueError(
+            "--sync-bn needs CUDA: torch's SyncBatchNorm only works with GPU modules (DDP refuses it on CPU); "
+            "drop --sync-bn on CPU (each process then normalises with its own batch, and rank 0's statistics are saved)"
+        )
+
+
+def run_finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Run the fine-tuning described by ``config`` (see :func:`finetune`)."""
+    with distributed_session(device=config.device) as context, _deterministic(config.deterministic):
+        _check_sync_bn(config, context)
+        return _run(config, context)
+
+
+def _say(context: DistributedContext, config: FinetuneConfig, text: str) -> None:
+    if context.is_main and config.progress:
+        print(text, flush=True)
+
+
+def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
+    folder = Path(config.out).expanduser()
+    if not config.resume and latest_checkpoint(folder) is not None:
+        raise ValueError(
+            f"{folder} already holds checkpoints of a run; pass --resume to continue it or use another --out"
+        )
+    reference = preprocessing_model(config.model, config.pretrained)
+    data_options = {
+        "val_data": config.val_data,
+        "val_fraction": config.val_fraction,
+        "seed": config.seed,
+        "skip_bad_images": config.skip_bad_images,
+        "image_size": config.image_size,
+    }
+    train_set = open_dataset(config.data, "train", model=reference, training=config.augment, **data_options)
+    val_set = open_dataset(config.data, "val", model=reference, **data_options)
+    skipped = [*train_set.skipped, *val_set.skipped]
+    if skipped:
+        _say(context, config, f"skipped {len(skipped)} unreadable images: {', '.join(skipped)}")
+    torch.manual_seed(config.seed)  # the same initialisation in every process
+    model = build_model(
+        config.model,
+        len(train_set.classes),
+        pretrained=config.pretrained,
+        image_size=train_set.image_size,
+        progress=config.progress and context.is_main,
+    )
+    _record_preprocessing(model, train_set, val_set)
+    freeze_parts(model, config.trainable_stages, freeze_norm=config.freeze_norm)
+    if config.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(context.device)
+    train_loader = make_loader(train_set, config.batch_size, training=True, seed=config.seed, workers=config.workers)
+    val_loader = make_loader(val_set, config.batch_size, training=False, workers=config.workers)
+    optimizer = build_optimizer(model, config)
+    schedule = build_schedule(optimizer, config, len(train_loader))
+    trained: nn.Module = model
+    if context.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [context.device.index] if context.device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=device_ids)
+    run = {k: v for k, v in config.as_dict().items() if k in RESUME_FIELDS} | {"world_size": context.world_size}
+    records: list[dict[str, Any]] = []
+    start = 0
+    if config.resume:
+        state = load_checkpoint(folder, model, optimizer, schedule, context, run=run)
+        start, records = state.epoch, state.metrics
+        _say(context, config, f"resuming {folder} after epoch {start} of {config.epochs}")
+    _say(
+        context,
+        config,
+        f"fine-tuning {config.model} on {train_set.source}: {len(train_set)} training / {len(val_set)} validation "
+        f"images, {len(train_set.classes)} classes, {train_set.image_size}x{train_set.image_size}, "
+        f"{context.world_size} process(es) x batch {config.batch_size} ({context.backend or 'no'} backend)",
+    )
+    for epoch in range(start, config.epochs):
+        set_loader_epoch(train_loader, epoch)
+        set_train_mode(trained)
+        stats = train_one_epoch(
+            trained,
+            train_loader,
+            optimizer,
+            schedule,
+            context,
+            label_smoothing=config.label_smoothing,
+            clip_grad_norm=config.clip_grad_norm,
+            dtype=config.dtype,
+            description=f"epoch {epoch + 1}/{config.epochs}",
+            progress=config.progress,
+        )
+        broadcast_buffers(model, context)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
+        result = evaluate(model, val_loader, context, len(train_set.classes), dtype=config.dtype)
+        records.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": stats.loss,
+                "val_loss": result.loss,
+                "val_top1": result.top1,
+                "val_top5": result.top5,
+                "lr": stats.lr,
+                "images_per_s": stats.images_per_s,
+                "images_per_s_per_process": stats.images_per_s / context.world_size,
+                "seconds": stats.seconds,
+                "processes": context.world_size,
+            }
+        )
+        _say(
+            context,
+            config,
+            f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, val loss {result.loss:.4f}, "
+            f"top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}%, lr {stats.lr:.4g}, "
+            f"{stats.images_per_s:.0f} images/s, {stats.seconds:.1f} s",
+        )
+        if context.is_main:
+            write_metrics(folder, records)
+            write_curves(folder, records)
+        save_checkpoint(
+            folder, epoch + 1, model, optimizer, schedule, context, run=run, metrics=records, best_top1=result.top1
+        )
+    if not records:
+        raise ValueError(f"{folder}: the checkpoint has no epoch record; start again without --resume")
+    final = dict(records[-1], val_images=len(val_set))
+    if context.is_main:
+        save_model(model, folder, _training_card(config, train_set, val_set, context, records), final)
+        _say(context, config, f"saved {folder} (validation top-1 {100 * final['val_top1']:.2f}%)")
+    barrier(context)  # no process leaves (and a caller reads the folder) before rank 0 has written it
+    return FinetuneResult(folder, records, final["val_top1"], final["val_top5"], skipped, context.world_size)
+
+
+def _record_preprocessing(model: nn.Module, train_set: Any, val_set: Any) -> None:
+    """Make the saved ``pretrained_cfg`` describe the input the model was trained on and its classes."""
+    size = val_set.image_size
+    cfg = dict(model.pretrained_cfg)
+    cfg.update(
+        input_size=(cfg["input_size"][0], size, size),
+        crop_size=size,
+        num_classes=len(train_set.classes),
+        class_names=list(train_set.classes),
+    )
+    transform = getattr(val_set, "transform", None)
+    cfg["resize_size"] = _resize_of(transform, size)
+    model.pretrained_cfg = cfg
+
+
+def _resize_of(transform: Any, default: int) -> int:
+    # The evaluation transforms' Resize size (folders); digits are upsampled straight to the size.
+    for step in getattr(transform, "transforms", []):
+        if type(step).__name__ == "Resize":
+            size = step.size
+            return int(size[0] if isinstance(size, (list, tuple)) else size)
+    return default
+
+
+def _training_card(
+    config: FinetuneConfig, train_set: Any, val_set: Any, context: DistributedContext, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    source = "scikit-learn's handwritten digits (8x8, upsampled)" if train_set.source == "digits" else train_set.source
+    return {
+        "data": train_set.source,
+        "dataset": f"{source}: {len(train_set)} training / {len(val_set)} validation images, "
+        f"{len(train_set.classes)} classes",
+        "epochs": len(records),
+        "input_size": f"{train_set.image_size}x{train_set.image_size}",
+        "started_from": config.pretrained or ("the saved model" if Path(config.model).is_dir() else "random weights"),
+        "recipe": f"{config.optimizer} lr {config.lr} (warmup {config.warmup_epochs} epochs, cosine), batch "
+        f"{config.batch_size} x {context.world_size} process(es), weight decay {config.weight_decay}, "
+        f"label smoothing {config.label_smoothing}, {config.dtype}, trainable stages "
+        f"{_stages(config.trainable_stages)}, seed {config.seed}",
+        "final_validation_top1": f"{100 * records[-1]['val_top1']:.2f}%",
+        "command": config.command or _api_call(config),
+    }
+
+
+def _api_call(config: FinetuneConfig) -> str:
+    # Called from Python, not the CLI: the call that repeats the run, with the options that differ.
+    defaults = FinetuneConfig(model=config.model, data=config.data, out=config.out).as_dict()
+    options = [f"{k}={v!r}" for k, v in config.as_dict().items() if v != defaults[k] and k != "command"]
+    return f"backbones.finetune({', '.join([repr(config.model), repr(config.data), repr(config.out), *options])})"
+
+
+def _stages(trainable_stages: int | None) -> str:
+    return "all" if trainable_stages is None else str(trainable_stages)
