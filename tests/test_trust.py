@@ -205,7 +205,10 @@ def test_weights_of_another_architecture_are_named_as_such_not_as_a_class_count(
     save_safetensors_atomic(resnet18_state, path)
     with pytest.raises(backbones.WeightsMismatchError, match=r"1000 outputs .* num_classes=10; pass reinit_head=True"):
         backbones.create_model("resnet18", pretrained=path, num_classes=10)
-    with pytest.raises(backbones.WeightsMismatchError, match=r"another architecture \(resnet18\), not resnet50") as err:
+    with pytest.raises(
+        backbones.WeightsMismatchError,
+        match=r"fit ResNet \(resnet50\) as built: it holds weights of another architecture \(resnet18\)",
+    ) as err:
         backbones.create_model("resnet50", pretrained=path)
     assert "reinit_head" not in str(err.value) and "num_classes" not in str(err.value)
 
@@ -260,6 +263,14 @@ def test_a_failed_save_pretrained_leaves_the_old_folder_whole(tmp_path, monkeypa
     backbones.create_model("resnet18", num_classes=5).save_pretrained(folder)
     assert backbones.from_pretrained(folder).num_classes == 5
     assert (folder / "metrics.jsonl").read_text() == '{"epoch": 1}\n'  # other files are kept
+
+
+def test_a_saved_folder_whose_weights_were_damaged_or_swapped_is_named(tmp_path) -> None:
+    folder = backbones.create_model("resnet18", num_classes=3).save_pretrained(tmp_path / "m")
+    other = backbones.create_model("resnet18", num_classes=3).save_pretrained(tmp_path / "other")
+    shutil.copy(other / "model.safetensors", folder / "model.safetensors")  # the weights of another save
+    with pytest.raises(backbones.WeightsIntegrityError, match=r"is not the file its config\.json was saved with"):
+        backbones.from_pretrained(folder)
 
 
 # ----------------------------------------------------------------------------- defect 6: hostile config.json

@@ -389,14 +389,15 @@ def _mismatch_message(
         )
     arch = (getattr(model, "model_config", None) or {}).get("architecture")
     fitting = [name for name in architectures_fitting(state, like=arch) if name != arch] if arch and explain else []
-    arch = arch or type(model).__name__
+    built = f"{type(model).__name__} ({arch})" if arch else type(model).__name__
     if fitting:
         return (
-            f"{what} holds weights of another architecture ({' or '.join(fitting)}), not {arch} "
-            f"({'; '.join(parts)}). Build {fitting[0]} to use them, or give weights made for {arch}"
+            f"{what} does not fit {built} as built: it holds weights of another architecture "
+            f"({' or '.join(fitting)}) ({'; '.join(parts)}). Build {fitting[0]} to use them, or give weights "
+            f"made for {arch}"
         )
     return (
-        f"{what} does not fit {arch} as built ({'; '.join(parts)}). Check the architecture name and options such "
+        f"{what} does not fit {built} as built ({'; '.join(parts)}). Check the architecture name and options such "
         f"as num_classes, aux_logits or norm_layer"
     )
 

@@ -110,6 +110,7 @@ def check_config(config: Any, where: str) -> None:
     """
     from backbones.core.options import check_model_options, check_out_indices
     from backbones.core.registry import get_model_entry
+    from backbones.hub.integrity import is_sha256
 
     if not isinstance(config, dict):
         raise ValueError(f"{where} holds a JSON {type(config).__name__}, not an object with an 'architecture'")
@@ -128,6 +129,9 @@ def check_config(config: Any, where: str) -> None:
         if not isinstance(config["out_indices"], list) or any(type(i) is not int for i in config["out_indices"]):
             raise ValueError(f"{where}: 'out_indices' must be a list of ints or null")
         check_out_indices(config["out_indices"])
+    digest = config.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and is_sha256(digest)):
+        raise ValueError(f"{where}: 'weights_sha256' must be a sha256 hex digest")
     cfg = config.get("pretrained_cfg")
     if cfg is not None and not isinstance(cfg, dict):
         raise ValueError(f"{where}: 'pretrained_cfg' must be an object")
@@ -261,9 +265,22 @@ def from_pretrained(
     if config.get("pretrained_cfg"):
         model.pretrained_cfg = head_consistent_cfg(config["pretrained_cfg"], getattr(model, "num_classes", None))
     weights = _resolve(repo_id_or_dir, WEIGHTS_NAME, revision, progress, **hub_options)
+    if hub_options == {} and config.get("weights_sha256"):  # a Hub file was verified against the Hub's digest
+        _check_saved_weights(weights, config["weights_sha256"])
     state = load_local_state_dict(weights, config["architecture"])
     load_fitting_state_dict(model, state, what=str(repo_id_or_dir), reinit_head=reinit_head)
     return model
+
+
+def _check_saved_weights(weights: Path, expected: str) -> None:
+    from backbones.hub.integrity import WeightsIntegrityError, file_sha256
+
+    digest = file_sha256(weights)
+    if digest != expected:
+        raise WeightsIntegrityError(
+            f"{weights} is not the file its {CONFIG_NAME} was saved with (sha256 {digest[:12]}..., recorded "
+            f"{expected[:12]}...): it was damaged or replaced after save_pretrained; save the model again"
+        )
 
 
 class HubMixin:
@@ -297,6 +314,7 @@ class HubMixin:
             ValueError: An empty folder name, or a model not built by ``create_model``.
         """
         from backbones.core.files import atomic_directory, save_safetensors_atomic
+        from backbones.hub.integrity import file_sha256
 
         if not str(save_directory).strip():
             raise ValueError("save_pretrained needs a folder name; '' would write into the current folder")
@@ -305,6 +323,8 @@ class HubMixin:
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
         with atomic_directory(folder) as tmp:
             save_safetensors_atomic(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+            # The weights' digest in the config: a loader can tell a damaged file, or weights from another save.
+            config["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             if model_card:
                 from backbones.hub.model_card import render_model_card
