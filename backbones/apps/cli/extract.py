@@ -105,7 +105,9 @@ def add_commands(command: Any) -> None:
     cmd.add_argument("--dtype", choices=_DTYPES, default="fp32", help="compute dtype of the fast path (default fp32)")
     cmd.add_argument("--batch-size", type=_positive, default=64, help="images per forward (default 64)")
     cmd.add_argument(
-        "--workers", type=int, help="DataLoader processes decoding images (default: cores per process; 0: none)"
+        "--workers",
+        type=int,
+        help="DataLoader processes decoding images (default: cores per process, at most 4; 0: none)",
     )
     cmd.add_argument(
         "--pretrained",

@@ -37,7 +37,7 @@ from backbones.apps.extract.store import (
 )
 from backbones.apps.parallel import DistributedContext, barrier, distributed_session, main_process_progress
 from backbones.core.version import __version__
-from backbones.data.datasets import open_dataset
+from backbones.data.datasets import BUILTIN_DATASETS, open_dataset
 from backbones.data.images import BadImageError
 from backbones.runtime.optimize import optimize
 
@@ -47,11 +47,20 @@ __all__ = ["DTYPES", "extract"]
 DTYPES: dict[str, tuple[Any, torch.dtype]] = {
     "fp32": (torch.float32, torch.float32),
     "bf16": (torch.bfloat16, torch.bfloat16),  # bf16 outputs stored as they are computed: lossless, half the size
+    "int8": ("int8", torch.float32),  # int8 networks return float32
 }
+MAX_DEFAULT_WORKERS = 4
+# int8: activation ranges observed on this many batches of DATA (seeded, the same in every process).
+CALIBRATION = {"batches": 4, "batch_size": 8, "seed": 0}
 
 
 def _preprocessing(dataset: Any, model: nn.Module) -> dict[str, Any]:
     return {**dataset.preprocessing, "in_chans": int(getattr(model, "in_chans", 3))}
+
+
+def _default_workers(context: DistributedContext) -> int:
+    # Decoding and resizing cost a few percent of a forward: a few workers keep the model busy.
+    return min(MAX_DEFAULT_WORKERS, max(1, (os.cpu_count() or 1) // context.world_size))
 
 
 def _files_sha256(samples: Sequence[tuple[str, int]]) -> str:
@@ -75,7 +84,7 @@ def _make_plan(source: ModelSource, dataset: Any, selection: LayerSelection, opt
         "weights_sha256": state_dict_sha256(source.model),
         "preprocessing": _preprocessing(dataset, source.model),
         "layers": list(selection.outputs),
-        "data": dataset.source,
+        "data": dataset.source if dataset.source in BUILTIN_DATASETS else str(Path(dataset.source).resolve()),
         "classes": list(dataset.classes),
         "count": len(dataset),
         "files_sha256": _files_sha256(dataset.samples),
@@ -83,6 +92,19 @@ def _make_plan(source: ModelSource, dataset: Any, selection: LayerSelection, opt
     }
     plan["fingerprint"] = plan_fingerprint(plan)
     return plan
+
+
+def _fast_network(
+    network: nn.Module, dtype: Any, example: Tensor, model: nn.Module, data: str | Path, image_size: int
+) -> nn.Module:
+    """``optimize(network)`` in ``dtype``; int8 is calibrated on a few seeded batches of the data itself,
+    preprocessed for ``model``."""
+    if dtype != "int8":
+        return optimize(network, dtype=dtype, example_input=example)
+    from backbones.data.calibration import calibration_batches
+
+    batches = calibration_batches(model, data, image_size=image_size, **CALIBRATION)
+    return optimize(network, dtype="int8", calibration=batches)
 
 
 def _progress(context: DistributedContext, total: int, enabled: bool) -> Any:
@@ -170,10 +192,12 @@ def extract(
         out: The output folder (shards, ``index.csv``, ``manifest.json``).
         layers: ``"pooled"`` (pre-logits embedding), stage names from ``feature_info``
             (``"layer3,layer4"``; ``"layer4:pooled"`` averages a map), or ``"fpn"`` for an ``_fpn`` model.
-        dtype: ``"fp32"`` or ``"bf16"``: what ``backbones.optimize`` computes in; bf16 features are
-            stored as bfloat16.
+        dtype: ``"fp32"``, ``"bf16"`` or ``"int8"``: what ``backbones.optimize`` computes in; bf16
+            features are stored as bfloat16; int8 is calibrated on 4 seeded batches of 8 images of
+            ``data`` (the digits' training split) and stores float32.
         batch_size: Images per forward.
-        workers: DataLoader worker processes decoding images (default: the cores per process; 0 decodes here).
+        workers: DataLoader worker processes decoding images (default: the cores per process, at most 4;
+            0 decodes in this process).
         pretrained: For a registered name: ``True`` (default weights), a tag, a weights file or
             folder, or ``False`` (random weights).
         shard_size: Images per shard (the unit of resuming and of work sharing).
@@ -212,6 +236,7 @@ def extract(
         example = torch.zeros(1, source.model.in_chans, size, size, device=context.device)
         options = {
             "dtype": dtype,
+            "calibration": dict(CALIBRATION, data=dataset.source) if dtype == "int8" else None,
             "layer_shapes": _layer_shapes(network, selection, example, store_dtype),
             "split": split,
             "shard_size": shard_size,
@@ -227,7 +252,8 @@ def extract(
         done = complete_shards(out, plan["fingerprint"], len(spans))
         mine = [s for s in range(len(spans)) if s % context.world_size == context.rank and s not in done]
         if mine:
-            fast = optimize(network, dtype=compute_dtype, example_input=example.expand(batch_size, -1, -1, -1))
+            batch = example.expand(batch_size, -1, -1, -1)
+            fast = _fast_network(network, compute_dtype, batch, source.model, data, dataset.image_size)
             _run_shards(
                 fast,
                 selection,
@@ -236,7 +262,7 @@ def extract(
                 plan,
                 mine,
                 batch_size=batch_size,
-                workers=max(1, (os.cpu_count() or 1) // context.world_size) if workers is None else workers,
+                workers=_default_workers(context) if workers is None else workers,
                 store_dtype=store_dtype,
                 shapes=plan["layer_shapes"],
                 skip_bad_images=skip_bad_images,

@@ -127,9 +127,15 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+# Names for people, not identities: the same weights reached through another path are the same model.
+_DESCRIPTIVE = ("model", "weights", "fingerprint", "backbones_version")
+
+
 def plan_fingerprint(plan: dict[str, Any]) -> str:
-    """sha256 of the plan's JSON (sorted keys): equal fingerprints mean interchangeable shards."""
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    """sha256 of the plan's JSON (sorted keys; names that only describe left out): equal
+    fingerprints mean interchangeable shards."""
+    identity = {k: v for k, v in plan.items() if k not in _DESCRIPTIVE}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
