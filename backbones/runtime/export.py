@@ -181,6 +181,8 @@ def export(
     opset: int = DEFAULT_OPSET,
     optimize: bool = False,
     check: bool = True,
+    dtype: str = "float32",
+    calibration: Any = None,
 ) -> Path:
     """Export ``model`` for deployment.
 
@@ -199,16 +201,26 @@ def export(
             graph optimizer (constant folding, redundant-op removal). Off by default: it doubles
             the export time, and onnxruntime optimizes the graph when it loads it anyway.
         check: Validate the ONNX file with ``onnx.checker`` after writing it.
+        dtype: ``"float32"``, or ``"int8"`` (ONNX only): an int8 QDQ file quantized by
+            onnxruntime's own tools on the ``calibration`` batches, then run once in onnxruntime
+            to check it. See :mod:`backbones.runtime.onnx_int8`.
+        calibration: For int8: batches of preprocessed images, as ``optimize(dtype="int8")`` takes
+            (:func:`backbones.calibration_batches` makes them).
 
     Returns:
         The path written.
 
     Raises:
-        ExportError: Unsupported format, unwritable path, or a missing exporter package.
+        ExportError: Unsupported format, unwritable path, a missing exporter package, or int8
+            asked for a format other than ONNX or without calibration.
     """
     path = Path(path).expanduser()
     format = _format_for(path, format)
     _check_writable(path)
+    if dtype != "float32":
+        return _export_onnx_int8(
+            model, path, format, dtype, calibration, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset
+        )
     network = _prepare(model, fold_norms=optimize)
     if format == "torchscript":
         torch.jit.save(torch.jit.script(network), str(path))
@@ -260,4 +272,41 @@ def program_to_onnx(
     )
     if check:
         onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def _export_onnx_int8(
+    model: nn.Module, path: Path, format: str, dtype: str, calibration: Any, **float_options: Any
+) -> Path:
+    """The float ONNX file, quantized by onnxruntime on ``calibration``, then run once in onnxruntime."""
+    import tempfile
+
+    from backbones.core.files import atomic_path
+    from backbones.runtime.onnx_int8 import quantize_onnx, run_onnx
+    from backbones.runtime.quantize import calibration_tensors
+
+    if dtype != "int8":
+        raise ExportError(f"export dtype must be 'float32' or 'int8', got {dtype!r}")
+    if format != "onnx":
+        raise ExportError(
+            f"int8 export writes ONNX only, not {format}; "
+            "for int8 in PyTorch use backbones.optimize(model, dtype='int8')"
+        )
+    try:
+        batches = calibration_tensors(calibration, getattr(model, "in_chans", 3), getattr(model, "min_input_size", 1))
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    with tempfile.TemporaryDirectory(prefix="backbones-int8-") as work:
+        float_path = Path(work) / "float.onnx"
+        # The float graph is traced at the calibration size; a batch of 1 would fix the batch at 1.
+        example = batches[0] if len(batches[0]) > 1 else batches[0].repeat(2, 1, 1, 1)
+        export(model, float_path, "onnx", optimize=True, check=False, example_input=example, **float_options)
+        with atomic_path(path) as written:
+            quantize_onnx(float_path, written, batches, INPUT_NAME)
+            with torch.no_grad():
+                expected = torch.utils._pytree.tree_flatten(copy.deepcopy(model).eval()(batches[0]))[0]
+            outputs = run_onnx(written, batches[0])
+            shapes = [tuple(t.shape) for t in expected]
+            if [tuple(t.shape) for t in outputs] != shapes or not all(bool(t.isfinite().all()) for t in outputs):
+                raise ExportError(f"the int8 ONNX file did not run as the model does in onnxruntime (shapes {shapes})")
     return path

@@ -1,0 +1,224 @@
+"""Post-training static int8 quantization, the network behind ``optimize(model, dtype="int8", ...)``.
+
+The work is done by the library PyTorch maintains in this version, ``torch.ao.quantization``'s FX
+graph mode, onto the x86 quantized engine (fbgemm / oneDNN int8 kernels, the ones torchvision's
+quantized models run on): weights per-channel symmetric int8, activations uint8 with a scale
+found by a histogram observer on the calibration batches (7-bit on CPUs without VNNI, as the
+engine's default; 8-bit where the CPU flags show VNNI). No observers or kernels of our own.
+
+Why FX graph mode and not the pt2e flow (torchao's ``X86InductorQuantizer``): pt2e is not in
+torch itself (it needs the separate torchao package) and only becomes fast through
+``torch.compile`` (a C++ build at first call, minutes for a ResNet-50 on a small CPU), while FX
+graph mode gives eager int8 kernels right after calibration, the same kernels as torchvision's
+quantized models. The graph is traced after BatchNorm folding (``fusion.folded_copy``), so every
+family quantizes the same way: classifiers, ``features_only`` extractors and FPN models.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn as nn
+from torch import Tensor
+
+from backbones.core.inputs import check_image_batch
+from backbones.runtime.fusion import folded_copy
+
+__all__ = ["QuantizationReport", "calibration_tensors", "cpu_has_vnni", "quantize_int8", "quantized_engine"]
+
+# Why an operation the graph contains is left in float32, by the kind of operation.
+_FLOAT_REASONS = {
+    "InputRenormalize": "input re-normalisation (a per-channel scale and shift) runs on the float input",
+}
+_DEFAULT_FLOAT_REASON = "the x86 quantized backend has no int8 kernel for it; it runs on dequantized values"
+
+
+@dataclass
+class QuantizationReport:
+    """What runs in int8 and what stays in float after :func:`quantize_int8`.
+
+    Attributes:
+        engine: The quantized engine the kernels were packed for (``torch.backends.quantized.engine``).
+        int8_layers: How many convolutions and linear layers run as int8 kernels.
+        float_layers: ``{operation: reason}`` for each operation that still computes in float32.
+        calibration_batches: How many batches the activation ranges were observed on.
+    """
+
+    engine: str
+    int8_layers: int = 0
+    float_layers: dict[str, str] = field(default_factory=dict)
+    calibration_batches: int = 0
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI or AVX-VNNI), read from its flags.
+
+    Without one, x86 int8 kernels multiply uint8 by int8 into 16-bit sums that saturate unless
+    activations keep to 7 bits (``reduce_range``); with one, the sums are 32-bit.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # unknown: assume the safe, 7-bit activations
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+def _qconfig_mapping(engine: str) -> Any:
+    from torch.ao.quantization import (
+        HistogramObserver,
+        QConfig,
+        default_per_channel_weight_observer,
+        get_default_qconfig_mapping,
+    )
+
+    mapping = get_default_qconfig_mapping(engine)
+    if cpu_has_vnni():
+        # The engine's default keeps activations to 7 bits for CPUs without VNNI; with it, all 8.
+        full_range = HistogramObserver.with_args(reduce_range=False)
+        mapping.set_global(QConfig(activation=full_range, weight=default_per_channel_weight_observer))
+    return mapping
+
+
+def quantized_engine() -> str:
+    """Select and return the quantized engine for this CPU: ``x86`` where the build has it.
+
+    The engine is a process-wide torch setting; int8 weights are packed for the engine set when
+    they are converted, so it is selected before conversion.
+
+    Raises:
+        RuntimeError: This PyTorch build has no x86 or fbgemm quantized engine.
+    """
+    supported = torch.backends.quantized.supported_engines
+    for engine in ("x86", "fbgemm"):
+        if engine in supported:
+            if torch.backends.quantized.engine != engine:
+                torch.backends.quantized.engine = engine
+            return engine
+    raise RuntimeError(f"int8 needs PyTorch's x86 or fbgemm quantized engine; this build has only {supported}")
+
+
+def calibration_tensors(calibration: Tensor | Iterable, in_chans: int, min_size: int) -> list[Tensor]:
+    """The calibration batches as a list of checked float image batches.
+
+    Args:
+        calibration: One batch ``[N, C, H, W]``, or an iterable of batches, or of ``(images, labels)``
+            pairs as a DataLoader yields them.
+        in_chans: The channels the model takes.
+        min_size: The model's smallest input side.
+
+    Returns:
+        The image batches, float32.
+
+    Raises:
+        ValueError: No batch at all, or a batch that is not an image batch the model accepts.
+    """
+    if calibration is None:
+        raise ValueError(
+            'dtype="int8" needs calibration: pass calibration= a few batches of preprocessed images, '
+            "e.g. backbones.calibration_batches(model, 'digits')"
+        )
+    items = [calibration] if isinstance(calibration, Tensor) else list(calibration)
+    batches = []
+    for item in items:
+        images = item if isinstance(item, Tensor) else item[0] if isinstance(item, (tuple, list)) and item else item
+        if not isinstance(images, Tensor):
+            raise ValueError(
+                f"calibration batches must be image tensors [N, C, H, W] or (images, labels) pairs, got {type(item)}"
+            )
+        batches.append(check_image_batch(images, in_chans, min_size).float())
+    if not batches:
+        raise ValueError("calibration is empty: give at least one batch of preprocessed images")
+    return batches
+
+
+# Nodes that compute no tensor values (shapes, the input check, tuple access).
+_BOOKKEEPING = {"size", "getitem", "getattr", "check_image_batch", "dequantize", "contiguous"}
+
+
+def _float_operations(network: torch.fx.GraphModule) -> dict[str, str]:
+    """The operations of a converted graph that compute on float32 tensors, each with the reason.
+
+    Float flows from the input and out of every ``dequantize``; ``quantize_per_tensor`` and the
+    quantized modules and ops produce int8; any other operation passes on what it takes.
+    """
+    is_float: dict[torch.fx.Node, bool] = {}
+    floats = {}
+    for node in network.graph.nodes:
+        inputs = node.all_input_nodes
+        if node.op == "placeholder" or node.target == "dequantize":
+            is_float[node] = True
+            continue
+        if node.target is torch.quantize_per_tensor or node.op == "output":
+            is_float[node] = False
+            continue
+        module = network.get_submodule(node.target) if node.op == "call_module" else None
+        quantized_op = (module is not None and type(module).__module__.startswith("torch.ao.nn")) or (
+            "quantized" in str(node.target)
+        )
+        is_float[node] = not quantized_op and any(is_float.get(a, False) for a in inputs)
+        kind = type(module).__name__ if module is not None else getattr(node.target, "__name__", str(node.target))
+        if is_float[node] and kind not in _BOOKKEEPING:
+            floats[f"{node.name} ({kind})"] = _FLOAT_REASONS.get(kind, _DEFAULT_FLOAT_REASON)
+    return floats
+
+
+def _int8_layer_count(network: nn.Module) -> int:
+    from torch.ao.nn import intrinsic as nni
+    from torch.ao.nn import quantized as nnq
+
+    weighted = (nnq.Conv2d, nnq.Linear, nni.quantized.ConvReLU2d, nni.quantized.LinearReLU)
+    return sum(isinstance(m, weighted) for m in network.modules())
+
+
+def quantize_int8(model: nn.Module, calibration: Tensor | Iterable) -> tuple[torch.fx.GraphModule, QuantizationReport]:
+    """Quantize a copy of ``model`` to int8 (post-training static quantization; ``model`` is untouched).
+
+    Args:
+        model: A float backbones model (classifier, ``features_only`` extractor or FPN).
+        calibration: Batches of preprocessed images (see :func:`calibration_tensors`); their
+            activation ranges set the int8 scales. Use images like the ones the model will see.
+
+    Returns:
+        The int8 network (float32 in, float32 out, the float model's output structure) and a
+        :class:`QuantizationReport`.
+
+    Raises:
+        ValueError: Missing or malformed calibration.
+
+    Example:
+        >>> network, report = quantize_int8(backbones.create_model("resnet18"), torch.randn(8, 3, 224, 224))
+        >>> report.int8_layers
+        21
+    """
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from backbones.models.inception import InputRenormalize
+
+    batches = calibration_tensors(calibration, getattr(model, "in_chans", 3), getattr(model, "min_input_size", 1))
+    engine = quantized_engine()
+    network, _ = folded_copy(model)
+    with warnings.catch_warnings():
+        # torch.ao.quantization and quantized tensors announce their deprecation (the move to
+        # torchao) on every call; they are what this torch ships, and the tests check the result.
+        for message in (".*torch.ao.quantization.*", ".*reduce_range will be deprecated.*", ".*quantize_per_tensor.*"):
+            warnings.filterwarnings("ignore", message=message)
+        prepared = prepare_fx(
+            network,
+            _qconfig_mapping(engine),
+            example_inputs=(batches[0][:1],),
+            # Our own leaf layers stay whole, so the report can name them.
+            prepare_custom_config=PrepareCustomConfig().set_non_traceable_module_classes([InputRenormalize]),
+        )
+        with torch.no_grad():
+            for batch in batches:
+                prepared(batch.contiguous(memory_format=torch.channels_last))
+        quantized = convert_fx(prepared)
+    report = QuantizationReport(engine, _int8_layer_count(quantized), _float_operations(quantized), len(batches))
+    return quantized, report

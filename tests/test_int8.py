@@ -1,0 +1,231 @@
+"""int8 inference: optimize(model, dtype="int8", calibration=...), calibration batches, int8 ONNX."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import backbones
+from backbones.data.calibration import calibration_batches
+from backbones.data.datasets import open_dataset
+from backbones.runtime.export import ExportError
+
+from .helpers import flatten_outputs, fresh_model
+
+SQNR_FLOOR_DB = 25.0  # issue 15: int8 output vs fp32 on inputs not used for calibration
+TOP1_MARGIN_POINTS = 0.5  # issue 15: fine-tuned int8 top-1 within half a point of fp32
+
+# Every registered model, plus the features_only extractor of each family.
+CASES = [(name, False) for name in backbones.list_models()] + [
+    (name, True) for name in ("resnet50", "vgg16_bn", "googlenet_v1", "inception_v3")
+]
+
+
+def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio, 20 log10(|ref| / |ref - approx|), in float64."""
+    reference, approximation = reference.double(), approximation.double()
+    return float(20 * torch.log10(reference.norm() / (reference - approximation).norm()))
+
+
+def _digits(model: torch.nn.Module, split: str, batches: int, batch_size: int) -> list[torch.Tensor]:
+    size = max(32, model.min_input_size)
+    return calibration_batches(model, "digits", batches=batches, batch_size=batch_size, split=split, image_size=size)
+
+
+@pytest.mark.parametrize(("name", "features_only"), CASES, ids=[f"{n}{'-features' * f}" for n, f in CASES])
+def test_int8_output_is_within_25_db_of_fp32_in_the_same_structure(name: str, features_only: bool) -> None:
+    model = fresh_model(name, features_only=True) if features_only else fresh_model(name)
+    model.eval()
+    calibration = _digits(model, "train", batches=2, batch_size=4)
+    held_out = _digits(model, "val", batches=1, batch_size=4)[0]  # the digits' validation split
+    fast = backbones.optimize(model, dtype="int8", calibration=calibration)
+    with torch.no_grad():
+        expected = model(held_out)
+    got = fast(held_out)
+    assert type(got) is type(expected)
+    if isinstance(expected, dict):
+        assert list(got) == list(expected)
+    for reference, approximation in zip(flatten_outputs(expected), flatten_outputs(got), strict=True):
+        assert approximation.dtype == torch.float32 and approximation.shape == reference.shape
+        assert sqnr_db(reference, approximation) >= SQNR_FLOOR_DB
+    assert fast.int8_layers == _trunk_layers(model) and fast.float_layers == {}
+
+
+def _trunk_layers(model: torch.nn.Module) -> int:
+    """Convolutions and linear layers outside the auxiliary heads (which only run in training)."""
+    return sum(
+        isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and "aux" not in name.lower()
+        for name, m in model.named_modules()
+    )
+
+
+def _finetuned_on_digits(name: str) -> torch.nn.Module:
+    """A short fine-tune on the digits' training split (the data layer's preprocessing)."""
+    torch.manual_seed(0)
+    options = {"aux_logits": False} if name == "googlenet_v1" else {}
+    model = backbones.create_model(name, num_classes=10, **options)
+    train = open_dataset("digits", "train", model=model, training=False)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True, drop_last=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    model.train()
+    for _ in range(3):
+        for images, labels in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet_v1"])
+def test_int8_top1_of_a_digits_finetuned_model_is_within_half_a_point_of_fp32(name: str) -> None:
+    model = _finetuned_on_digits(name)
+    val = open_dataset("digits", "val", model=model)
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    labels = torch.tensor([val[i][1] for i in range(len(val))])
+    fast = backbones.optimize(model, dtype="int8", calibration=calibration_batches(model, "digits", batch_size=16))
+    with torch.no_grad():
+        fp32_top1 = (model(images).argmax(1) == labels).double().mean().item() * 100
+    int8_top1 = (fast(images).argmax(1) == labels).double().mean().item() * 100
+    assert fp32_top1 >= 80  # the fine-tune learnt the task, so the comparison means something
+    assert abs(int8_top1 - fp32_top1) <= TOP1_MARGIN_POINTS
+
+
+def test_quantizing_an_optimized_model_again_is_one_clear_error() -> None:
+    model = fresh_model("resnet18")
+    batch = torch.randn(2, 3, 32, 32)
+    fast = backbones.optimize(model, dtype="int8", calibration=batch)
+    with pytest.raises(ValueError, match="already optimized.*original float model"):
+        backbones.optimize(fast, dtype="int8", calibration=batch)
+
+
+def test_one_calibration_batch_gives_a_working_int8_model() -> None:
+    model = fresh_model("resnet18").eval()
+    one_batch = _digits(model, "train", batches=1, batch_size=4)[0]  # a tensor, not a list
+    fast = backbones.optimize(model, dtype="int8", calibration=one_batch)
+    held_out = _digits(model, "val", batches=1, batch_size=4)[0]
+    assert fast.quantization.calibration_batches == 1
+    with torch.no_grad():
+        assert sqnr_db(model(held_out), fast(held_out)) >= SQNR_FLOOR_DB
+
+
+def test_int8_model_takes_any_batch_size_with_the_same_per_image_result() -> None:
+    model = fresh_model("resnet18").eval()
+    fast = backbones.optimize(model, dtype="int8", calibration=_digits(model, "train", batches=1, batch_size=4))
+    images = _digits(model, "val", batches=1, batch_size=7)[0]
+    together = fast(images)
+    alone = torch.cat([fast(images[i : i + 1]) for i in range(len(images))])
+    assert together.shape == (7, 1000)
+    torch.testing.assert_close(alone, together, rtol=0, atol=1e-5)
+
+
+def test_int8_input_below_the_minimum_size_is_one_clear_error() -> None:
+    fast = backbones.optimize(fresh_model("resnet18"), dtype="int8", calibration=torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="16x16 pixels is too small.*at least 32x32"):
+        fast(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="too small"):  # calibration goes through the same check
+        backbones.optimize(fresh_model("resnet18"), dtype="int8", calibration=torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "needs calibration"),
+        ({"calibration": []}, "calibration is empty"),
+        ({"calibration": [torch.randn(2, 1, 32, 32)]}, "expected 3 input channels"),
+        ({"calibration": ["not images"]}, "image tensors"),
+        ({"calibration": torch.randn(2, 3, 32, 32), "compile": True}, "not available with dtype='int8'"),
+    ],
+    ids=["missing", "empty", "wrong-channels", "not-tensors", "compile"],
+)
+def test_int8_misuse_is_one_clear_error(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        backbones.optimize(fresh_model("resnet18"), dtype="int8", **options)
+
+
+def test_calibration_is_refused_for_float_dtypes() -> None:
+    with pytest.raises(ValueError, match="only used with dtype='int8'"):
+        backbones.optimize(fresh_model("resnet18"), calibration=torch.randn(2, 3, 32, 32))
+
+
+def test_int8_report_names_what_stays_in_float_and_why() -> None:
+    model = backbones.create_model("googlenet_v1", transform_input=True).eval()
+    fast = backbones.optimize(model, dtype="int8", calibration=torch.randn(2, 3, 32, 32))
+    assert fast.float_layers == {
+        "input_transform (InputRenormalize)": "input re-normalisation (a per-channel scale and shift) "
+        "runs on the float input"
+    }
+    assert fast.int8_layers == _trunk_layers(model) == 58
+    assert "int8_layers=58, float_layers=1" in repr(fast)
+
+
+def _serialized_bytes(module: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.tell()
+
+
+def test_int8_weights_take_about_a_quarter_of_fp32() -> None:
+    model = fresh_model("resnet50").eval()
+    fast = backbones.optimize(model, dtype="int8", calibration=torch.randn(2, 3, 32, 32))
+    ratio = _serialized_bytes(fast.network) / _serialized_bytes(model)
+    assert 0.24 <= ratio <= 0.3
+
+
+def test_calibration_batches_are_the_data_layers_preprocessed_images() -> None:
+    model = fresh_model("resnet18")
+    batches = calibration_batches(model, "digits", batches=2, batch_size=3, seed=5)
+    train = open_dataset("digits", "train", model=model, training=False)
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(5))[:6].tolist()
+    expected = torch.stack([train[i][0] for i in chosen])
+    assert [tuple(b.shape) for b in batches] == [(3, 3, 32, 32), (3, 3, 32, 32)]
+    torch.testing.assert_close(torch.cat(batches), expected, rtol=0, atol=0)
+
+
+def test_calibration_batches_from_an_image_folder(tmp_path) -> None:
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (40, 30), color=(40 * i, 90, 200)).save(tmp_path / f"image{i}.png")
+    batches = calibration_batches(fresh_model("resnet18"), tmp_path, batches=2, batch_size=2, image_size=32)
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 32, 32), (1, 3, 32, 32)]
+
+
+@pytest.mark.parametrize(("batches", "batch_size"), [(0, 8), (4, 0)])
+def test_calibration_batches_refuse_an_empty_request(batches: int, batch_size: int) -> None:
+    with pytest.raises(ValueError, match="must be at least 1"):
+        calibration_batches("resnet18", "digits", batches=batches, batch_size=batch_size)
+
+
+def test_int8_onnx_export_runs_in_onnxruntime_close_to_fp32(tmp_path) -> None:
+    import onnx
+
+    from backbones.runtime.onnx_int8 import run_onnx
+
+    model = fresh_model("resnet18").eval()
+    path = backbones.export(
+        model, tmp_path / "resnet18.onnx", dtype="int8", calibration=_digits(model, "train", batches=2, batch_size=4)
+    )
+    operators = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= operators
+    held_out = _digits(model, "val", batches=1, batch_size=4)[0]
+    (logits,) = run_onnx(path, held_out)
+    with torch.no_grad():
+        assert sqnr_db(model(held_out), logits) >= SQNR_FLOOR_DB
+    assert path.stat().st_size <= 0.3 * sum(p.numel() * 4 for p in model.parameters())
+    assert [p.name for p in tmp_path.iterdir()] == ["resnet18.onnx"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("format", "options", "message"),
+    [
+        ("pt2", {"calibration": torch.randn(2, 3, 32, 32)}, "ONNX only"),
+        ("onnx", {}, "needs calibration"),
+    ],
+    ids=["pt2", "no-calibration"],
+)
+def test_int8_export_misuse_is_one_clear_error(tmp_path, format: str, options: dict, message: str) -> None:
+    with pytest.raises(ExportError, match=message):
+        backbones.export(fresh_model("resnet18"), tmp_path / f"m.{format}", format, dtype="int8", **options)
