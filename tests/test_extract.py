@@ -201,6 +201,7 @@ sys.exit(main(sys.argv[1:]))
     [
         ("resnet18", "pooled,layer2,layer4:pooled", "fp32"),
         ("resnet18", "pooled", "bf16"),
+        ("resnet18", "pooled,layer3", "int8"),
         ("resnet18_fpn", "fpn", "fp32"),
     ],
 )
@@ -232,6 +233,7 @@ def test_each_stored_feature_is_the_models_own_forward_of_the_preprocessed_image
             expected = {
                 "pooled": model.forward_head(model.forward_features(images), pre_logits=True),
                 "layer2": maps["layer2"],
+                "layer3": maps["layer3"],
                 "layer4:pooled": maps["layer4"].mean(dim=(2, 3)),
             }
     assert list(stored.features) == manifest["layers"]
@@ -239,6 +241,9 @@ def test_each_stored_feature_is_the_models_own_forward_of_the_preprocessed_image
         if dtype == "bf16":
             assert tensor.dtype == torch.bfloat16
             assert F.cosine_similarity(tensor.float(), expected[name], dim=1).min() >= 0.999
+        elif dtype == "int8":  # calibrated on the folder itself; float32 out
+            assert tensor.dtype == torch.float32 and manifest["calibration"]["batches"] == 4
+            assert F.cosine_similarity(tensor.flatten(1), expected[name].flatten(1), dim=1).min() >= 0.99
         else:
             assert tensor.dtype == torch.float32
             assert relative_max_diff(tensor, expected[name]) <= 1e-4, name  # the fast path's fp32 tolerance
