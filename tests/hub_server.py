@@ -7,8 +7,9 @@ import time, so use a subprocess), or pass ``endpoint=`` explicitly.
 Endpoints (``{type}`` is ``models``, ``datasets`` or ``spaces``; ``{repo}`` is ``owner/name``):
 
 * ``GET|HEAD /{repo}/resolve/{rev}/{path}`` (also ``/models/``, ``/datasets/``, ``/spaces/`` prefixed): the file,
-  with the headers the Hub sends for LFS files (``X-Repo-Commit``, quoted sha256 ``ETag``, ``X-Linked-Etag``,
-  ``X-Linked-Size``) and ``Range: bytes=N-[M]`` support (206). No Xet headers, so clients use plain HTTP.
+  with the headers the Hub sends: for LFS files (by suffix, see :data:`LFS_SUFFIXES`) ``X-Repo-Commit``, quoted
+  sha256 ``ETag``, ``X-Linked-Etag``, ``X-Linked-Size``; for regular git files (config.json, README.md) the git
+  blob sha1 as ``ETag``; and ``Range: bytes=N-[M]`` support (206). No Xet headers, so clients use plain HTTP.
 * ``GET /api/{type}/{repo}`` and ``/api/{type}/{repo}/revision/{rev}``: repo info (``id``, ``sha``, ``siblings``).
 * ``GET /api/{type}/{repo}/tree/{rev}[/{path}]?recursive=``: tree listing (``snapshot_download``, ``list_repo_files``).
 * ``POST /api/repos/create``: ``create_repo`` (409 with the repo ``url`` when it exists, as the Hub does).
@@ -75,12 +76,24 @@ def git_blob_sha1(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
+# Files stored in LFS, as the Hub's default .gitattributes says; everything else (config.json, README.md, .txt)
+# is a regular git file, whose ETag is its git blob sha1 rather than a sha256.
+LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt", ".h5", ".onnx", ".msgpack", ".pkl", ".npz")
+
+
+def is_lfs(path: str) -> bool:
+    """Whether the Hub would store ``path`` in LFS (by its suffix, as the default ``.gitattributes``)."""
+    return path.endswith(LFS_SUFFIXES)
+
+
 def _file_entry(path: str, content: bytes) -> dict[str, Any]:
-    """A tree-listing entry describing ``content`` as an LFS file (``lfs`` holds its sha256, like on the Hub)."""
-    sha256 = hashlib.sha256(content).hexdigest()
-    pointer = _LFS_POINTER.format(oid=sha256, size=len(content))
-    lfs = {"oid": sha256, "size": len(content), "pointerSize": len(pointer)}
-    return {"type": "file", "path": path, "size": len(content), "oid": git_blob_sha1(content), "lfs": lfs}
+    """A tree-listing entry for ``content``; LFS files carry ``lfs`` with their sha256, like on the Hub."""
+    entry = {"type": "file", "path": path, "size": len(content), "oid": git_blob_sha1(content)}
+    if is_lfs(path):
+        sha256 = hashlib.sha256(content).hexdigest()
+        pointer = _LFS_POINTER.format(oid=sha256, size=len(content))
+        entry["lfs"] = {"oid": sha256, "size": len(content), "pointerSize": len(pointer)}
+    return entry
 
 
 class HubStandIn:
@@ -371,8 +384,11 @@ class _Handler(BaseHTTPRequestHandler):
             content = repo.commits[sha].get(path)
         if content is None:
             raise _HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": sha})
-        etag = f'"{hashlib.sha256(content).hexdigest()}"'
-        headers = {"X-Repo-Commit": sha, "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(len(content))}
+        if is_lfs(path):
+            etag = f'"{hashlib.sha256(content).hexdigest()}"'
+            headers = {"X-Repo-Commit": sha, "ETag": etag, "X-Linked-Etag": etag, "X-Linked-Size": str(len(content))}
+        else:
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{git_blob_sha1(content)}"'}
         self._send_file(raw_path, content, headers)
 
     def _create_repo(self, payload: dict[str, Any]) -> None:
@@ -398,8 +414,11 @@ class _Handler(BaseHTTPRequestHandler):
         siblings = []
         for path in sorted(tree):
             entry = _file_entry(path, tree[path])
-            lfs = {"size": entry["size"], "sha256": entry["lfs"]["oid"], "pointerSize": entry["lfs"]["pointerSize"]}
-            siblings.append({"rfilename": path, "size": entry["size"], "blobId": entry["oid"], "lfs": lfs})
+            sibling = {"rfilename": path, "size": entry["size"], "blobId": entry["oid"]}
+            if "lfs" in entry:
+                lfs = entry["lfs"]
+                sibling["lfs"] = {"size": entry["size"], "sha256": lfs["oid"], "pointerSize": lfs["pointerSize"]}
+            siblings.append(sibling)
         author = repo.repo_id.split("/")[0]
         date = repo.dates[sha]
         info = {"id": repo.repo_id, "author": author, "sha": sha, "private": False, "gated": False, "disabled": False}

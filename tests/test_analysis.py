@@ -182,3 +182,14 @@ def test_receptive_field_grows_and_strides_match_feature_info(name: str) -> None
     assert [stride for _, stride in fields.values()] == [f.stride for f in model.feature_info]
     sizes = [rf for rf, _ in fields.values()]
     assert sizes == sorted(sizes) and sizes[0] > 1
+
+
+@pytest.mark.parametrize("name", ["googlenet_v1", "inception_v3"])
+def test_summary_says_which_parameters_its_rows_do_not_show(name: str) -> None:
+    model = meta_model(name)
+    table = summary(model, (1, *model.pretrained_cfg["input_size"]), depth=0, device="meta")
+    without_aux = sum(p.numel() for p in meta_model(name, aux_logits=False).parameters())
+    assert sum(row.params for row in table.rows) == table.shown_params == without_aux
+    assert table.total_params == sum(p.numel() for p in model.parameters()) > without_aux
+    assert set(table.not_run) == {n for n, _ in model.named_children() if "aux" in n.lower()}
+    assert f"the rows hold {without_aux:,}" in str(table)

@@ -119,13 +119,27 @@ def test_predict_offline_without_weights_is_one_line(image_file: Path, tmp_path:
     assert_one_line_error(result, "resnet18.tv_in1k", "not in the local cache", "python -m backbones download")
 
 
-def test_features_writes_a_picture_of_every_level(image_file: Path, tmp_path: Path) -> None:
-    out = tmp_path / "maps.png"
+def test_features_of_an_fpn_shows_the_whole_image_and_every_level_as_jpeg(image_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "maps.jpg"
     result = run_cli("features", "resnet18_fpn", str(image_file), "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [line.split()[0] for line in result.stdout.splitlines()[:5]] == ["0", "1", "2", "3", "pool"]
+    assert out.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG bytes under a .jpg name
+    lines = result.stdout.splitlines()
+    # 120x160 resized to a short side of 256 and never cropped: what the network saw.
+    assert lines[0] == "input as the network saw it: 256x341 (whole image)"
+    assert [line.split()[0] for line in lines[1:6]] == ["0", "1", "2", "3", "pool"]
     assert "weights: random" in result.stdout
+
+
+def test_features_of_a_classifier_shows_its_centre_crop(image_file: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "maps.png"
+    result = run_cli("features", "resnet18", str(image_file), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "input as the network saw it: 224x224 (centre crop)"
+    # The picture's first tile is the 224x224 crop, shown square (a 224-pixel tile).
+    assert Image.open(out).format == "PNG" and Image.open(out).width == 3 * 224
 
 
 def test_features_of_a_missing_image_is_one_line(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .hub_server import HubStandIn
+from .hub_server import HubStandIn, git_blob_sha1
 
 REPO = "acme/tiny-net"
 
@@ -223,10 +223,19 @@ def test_truncated_hf_download_is_retried(
     assert hub.request_headers[gets[1]].get("Range") == resume_range
 
 
+def test_regular_git_files_are_served_with_their_git_blob_sha1_as_etag(hub: HubStandIn) -> None:
+    content = b'{"architecture": "resnet18"}'
+    commit = hub.publish(REPO, {"config.json": content})
+    url = f"{hub.url}/{REPO}/resolve/{commit}/config.json"
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD")) as response:
+        headers = response.headers
+    assert headers["ETag"] == f'"{git_blob_sha1(content)}"' and "X-Linked-Etag" not in headers
+
+
 def test_resolve_headers_and_ranges(hub: HubStandIn) -> None:
     content = b"0123456789"
-    commit = hub.publish(REPO, {"dir/file name.txt": content})
-    url = f"{hub.url}/{REPO}/resolve/{commit}/dir/file%20name.txt"
+    commit = hub.publish(REPO, {"dir/file name.bin": content})
+    url = f"{hub.url}/{REPO}/resolve/{commit}/dir/file%20name.bin"
 
     with urllib.request.urlopen(urllib.request.Request(url, method="HEAD")) as response:
         headers = response.headers

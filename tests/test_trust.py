@@ -171,6 +171,17 @@ def test_a_hub_cache_without_links_is_still_verified(
         backbones.create_model("resnet18.tv_in1k", pretrained=True, progress=False)
 
 
+def test_a_regular_git_file_of_a_hub_repo_is_verified_against_its_git_blob_id(hub_server, caches) -> None:
+    backbones.create_model("resnet18", num_classes=2).push_to_hub("tester/git-files")
+    backbones.from_pretrained("tester/git-files", progress=False)
+    [config] = Path(caches["HF_HUB_CACHE"]).rglob("snapshots/*/config.json")
+    blob = Path(os.path.realpath(config))
+    assert len(blob.name) == 40  # config.json is a regular git file on the Hub, named by its git blob sha1
+    _corrupt_in_place(blob)
+    with pytest.raises(backbones.WeightsIntegrityError, match=r"the git blob id of .* expected"):
+        backbones.from_pretrained("tester/git-files", progress=False)
+
+
 def test_converted_weights_load_offline_after_their_source_left_the_cache(
     resnet18_state, hub_server, caches, monkeypatch
 ) -> None:
@@ -216,7 +227,7 @@ def test_weights_of_another_architecture_are_named_as_such_not_as_a_class_count(
 # ----------------------------------------------------------------------------- defect 4: file modes
 
 
-@pytest.mark.parametrize("writer", ["save_pretrained", "convert_out", "converted_cache", "url_download"])
+@pytest.mark.parametrize("writer", ["save_pretrained", "convert_out", "url_download_and_converted_cache"])
 def test_files_we_write_get_the_mode_the_umask_gives(writer, resnet18_state, hub_server, caches, tmp_path) -> None:
     previous = os.umask(0o027)
     try:
@@ -235,7 +246,7 @@ def test_files_we_write_get_the_mode_the_umask_gives(writer, resnet18_state, hub
             converted = converted_cache_path(get_weight_spec("resnet18", "mode"))
             from backbones.hub.download import url_cache_path
 
-            written = [converted, digest_path(converted)] if writer == "converted_cache" else [url_cache_path(url)]
+            written = [url_cache_path(url), converted, digest_path(converted)]
     finally:
         os.umask(previous)
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o640)}

@@ -190,7 +190,13 @@ class LayerRow:
 
 @dataclass
 class ModelSummary:
-    """The result of :func:`summary`: rows as data, totals, and ``str()`` for terminals."""
+    """The result of :func:`summary`: rows as data, totals, and ``str()`` for terminals.
+
+    ``total_params`` counts every parameter of the model; modules that hold parameters but did
+    not run in eval mode on this input (GoogLeNet's and Inception's auxiliary classifiers, used
+    in training only) are not rows: ``not_run`` maps each to its parameter count, and the table
+    says so under the totals.
+    """
 
     model_name: str
     input_size: tuple[int, ...]
@@ -200,6 +206,12 @@ class ModelSummary:
     total_macs: int = 0
     activation_bytes: int = 0
     param_bytes: int = 0
+    not_run: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def shown_params(self) -> int:
+        """Parameters of the modules that ran (the rows); ``total_params`` also counts :attr:`not_run`."""
+        return self.total_params - sum(self.not_run.values())
 
     @property
     def frozen_params(self) -> int:
@@ -235,6 +247,15 @@ class ModelSummary:
         totals = [
             f"Input: {'x'.join(map(str, self.input_size))}",
             f"Parameters: {self.total_params:,} (trainable {self.trainable_params:,}, frozen {self.frozen_params:,})",
+            *(
+                [
+                    "Not run in eval mode, so not in the rows: "
+                    + ", ".join(f"{name} ({count:,})" for name, count in self.not_run.items())
+                    + f"; the rows hold {self.shown_params:,}"
+                ]
+                if self.not_run
+                else []
+            ),
             f"Multiply-adds: {_si(self.total_macs)} ({self.total_macs:,})",
             f"Parameter memory: {self.param_bytes / 2**20:.1f} MiB; "
             f"forward activations: {self.activation_bytes / 2**20:.1f} MiB",
@@ -258,6 +279,20 @@ def _representative_output(output: Any, input_ids: set[int]) -> Tensor | None:
     returns every level with its own appended); the first tensor when all are passed through."""
     tensors = [item for item in tree_flatten(output)[0] if isinstance(item, Tensor)]
     return next((t for t in tensors if id(t) not in input_ids), tensors[0] if tensors else None)
+
+
+def _parameters_not_run(model: nn.Module, ran: set[str]) -> dict[str, int]:
+    """Parameter counts of the outermost modules that never ran, e.g. ``{"aux1": ..., "aux2": ...}``."""
+    counts: dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        owner = name.rpartition(".")[0]
+        if owner in ran or not owner:
+            continue
+        parts = owner.split(".")
+        # The outermost ancestor that did not run names the group (aux1, not aux1.fc2).
+        top = next(".".join(parts[: i + 1]) for i in range(len(parts)) if ".".join(parts[: i + 1]) not in ran)
+        counts[top] = counts.get(top, 0) + parameter.numel()
+    return counts
 
 
 def summary(
@@ -347,6 +382,7 @@ def summary(
     all_params = list(model.parameters())
     result.total_params = sum(p.numel() for p in all_params)
     result.trainable_params = sum(p.numel() for p in all_params if p.requires_grad)
+    result.not_run = _parameters_not_run(model, ran={names[m] for m in listed | leaves if names[m] in outputs})
     result.total_macs = sum(flops.get_flop_counts().get("Global", {}).values()) // 2
     result.activation_bytes = leaf_bytes
     result.param_bytes = sum(p.numel() * p.element_size() for p in all_params)

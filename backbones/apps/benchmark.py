@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["BenchmarkConfig", "Measurement", "run_benchmarks", "write_report"]
+__all__ = ["BenchmarkConfig", "Measurement", "plot_workloads", "run_benchmarks", "variant_colours", "write_report"]
 
 BASELINE = "torchvision eager fp32"
 
@@ -427,7 +427,9 @@ def ratio(measurements: list[Measurement], workload: str, variant: str) -> float
 
 
 def write_report(results: dict[str, Any], markdown: Path, plot: Path | None = None) -> None:
-    """Write RESULTS.md (and a PNG plot when matplotlib is installed)."""
+    """Write RESULTS.md (and a PNG plot when matplotlib is installed), each atomically."""
+    from backbones.core.files import atomic_write_text
+
     measurements: list[Measurement] = results["measurements"]
     env = results["environment"]
     target_workload = "resnet50 batch 8 224x224"
@@ -458,6 +460,13 @@ def write_report(results: dict[str, Any], markdown: Path, plot: Path | None = No
         else:
             target_text = f">= {target}"
         lines.append(f"| {variant} | {target_text} | {measured:.2f} | {'yes' if met else 'NO'} |")
+    if lines[-1] == "| --- | ---: | ---: | --- |":  # no row: the run did not measure that workload
+        lines[-4:] = [
+            lines[-4],
+            "",
+            f"Not measured in this run: the targets are for {target_workload}; this run timed "
+            f"{', '.join(dict.fromkeys(m.workload for m in measurements)) or 'nothing'}.",
+        ]
     lines += ["", "## Speed", "", *_ratio_table(measurements)]
     lines += [
         "## Scaling (images/s)",
@@ -478,7 +487,7 @@ def write_report(results: dict[str, Any], markdown: Path, plot: Path | None = No
         lines += _extras(results)
     if plot is not None and _plot(measurements, plot):
         lines += ["", f"![speed-ups over torchvision eager fp32]({plot.name})"]
-    markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(markdown, "\n".join(lines) + "\n")
 
 
 def _extras(results: dict[str, Any]) -> list[str]:
@@ -502,6 +511,29 @@ def _extras(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def plot_workloads(measurements: list[Measurement]) -> list[str]:
+    """The workloads the plot shows: each model at batch 8 (or its largest batch when 8 was not run), and the FPNs."""
+    workloads = list(dict.fromkeys(m.workload for m in measurements))
+    shown = [w for w in workloads if "fpn" in w]
+    for arch in dict.fromkeys(w.split(" batch ")[0] for w in workloads if " batch " in w and "fpn" not in w):
+        batches = {m.batch: m.workload for m in measurements if m.workload.startswith(f"{arch} batch ")}
+        shown.append(batches[8] if 8 in batches else batches[max(batches)])
+    return sorted(shown, key=workloads.index)
+
+
+def variant_colours(count: int) -> list[tuple[float, ...]]:
+    """``count`` distinct colours: tab20 up to 20 variants, then evenly spaced hues."""
+    import matplotlib
+
+    if count <= 20:
+        palette = matplotlib.colormaps["tab20"]
+        # Dark shades first, then the light ones: neighbours in the legend stay easy to tell apart.
+        order = [*range(0, 20, 2), *range(1, 20, 2)]
+        return [palette(order[i]) for i in range(count)]
+    hues = matplotlib.colormaps["hsv"]
+    return [hues(i / count) for i in range(count)]
+
+
 def _plot(measurements: list[Measurement], path: Path) -> bool:
     try:
         import matplotlib
@@ -510,18 +542,24 @@ def _plot(measurements: list[Measurement], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    workloads = [w for w in dict.fromkeys(m.workload for m in measurements) if " batch 8 " in w or "fpn" in w]
+    from backbones.core.files import atomic_path
+
+    workloads = plot_workloads(measurements)
     variants = list(dict.fromkeys(m.variant for m in measurements))
-    fig, ax = plt.subplots(figsize=(11, 0.5 + 0.45 * len(workloads) * 1.0 + 2))
+    if not workloads:
+        return False
+    fig, ax = plt.subplots(figsize=(11, 2 + 0.25 * len(workloads) * len(variants)))
     height = 0.8 / len(variants)
-    for i, variant in enumerate(variants):
+    for i, (variant, colour) in enumerate(zip(variants, variant_colours(len(variants)), strict=True)):
         values = [ratio(measurements, w, variant) or 0 for w in workloads]
-        ax.barh([j + i * height for j in range(len(workloads))], values, height=height, label=variant)
+        ax.barh([j + i * height for j in range(len(workloads))], values, height=height, label=variant, color=colour)
     ax.set_yticks([j + 0.4 - height / 2 for j in range(len(workloads))], workloads)
+    ax.invert_yaxis()
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xlabel("speed-up over torchvision eager fp32 (median)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    # Beside the axes, never over the bars.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight", format="png")
     plt.close(fig)
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["feature_picture", "load_image", "save_feature_picture"]
+__all__ = ["feature_picture", "load_image", "network_view", "save_feature_picture"]
 
 # Anchor colours of a perceptually ordered dark-blue -> green -> yellow map (viridis-like).
 _COLOURS = torch.tensor(
@@ -29,23 +30,47 @@ def _pil() -> Any:
         ) from None
 
 
-def load_image(path: str | Path) -> Tensor:
+def load_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
     """Read an image file as a float RGB tensor ``[3, H, W]`` in ``[0, 1]``.
 
+    Args:
+        path: The image file.
+        max_pixels: Refuse larger images before decoding them (decompression bombs); default
+            :data:`backbones.data.images.MAX_IMAGE_PIXELS`, Pillow's own limit.
+
     Raises:
-        ValueError: The file is missing or is not an image Pillow can read.
+        ValueError: The file is missing, is not a regular file (a FIFO would block forever),
+            is too large, or is not an image Pillow can read.
+
+    Example:
+        >>> load_image("cat.jpg").shape
+        torch.Size([3, 480, 640])
     """
-    image_module, _ = _pil()
+    from backbones.data.images import MAX_IMAGE_PIXELS, decode_image
+
     path = Path(path)
-    try:
-        with image_module.open(path) as image:
-            rgb = image.convert("RGB")
-            data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-            return data.reshape(rgb.height, rgb.width, 3).permute(2, 0, 1).float() / 255
-    except FileNotFoundError:
-        raise ValueError(f"no image file at {path}") from None
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read {path} as an image ({err})") from None
+    if not path.exists():
+        raise ValueError(f"no image file at {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a folder, FIFO or device); give an image file")
+    image_module, _ = _pil()
+    with warnings.catch_warnings():
+        # Pillow warns between its limit and twice it; our limit below refuses such files anyway.
+        warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+        rgb = decode_image(path, max_pixels=max_pixels or MAX_IMAGE_PIXELS)
+    data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return data.reshape(rgb.height, rgb.width, 3).permute(2, 0, 1).float() / 255
+
+
+def network_view(x: Tensor, pretrained_cfg: Mapping[str, Any]) -> Tensor:
+    """Undo the normalisation of a preprocessed image ``[C, H, W]``: what the network saw, in [0, 1].
+
+    Example:
+        >>> shown = network_view(transforms_for(model)(image), model.pretrained_cfg)
+    """
+    mean = torch.tensor(pretrained_cfg["mean"], dtype=x.dtype).view(-1, 1, 1)
+    std = torch.tensor(pretrained_cfg["std"], dtype=x.dtype).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1)
 
 
 def _colourise(values: Tensor) -> Tensor:
@@ -97,10 +122,30 @@ def feature_picture(image: Tensor, features: Mapping[str, Tensor], strides: Sequ
 
 
 def save_feature_picture(
-    path: str | Path, image: Tensor, features: Mapping[str, Tensor], strides: Sequence[int], tile: int = 224
+    path: str | Path,
+    image: Tensor,
+    features: Mapping[str, Tensor],
+    strides: Sequence[int],
+    tile: int = 224,
+    image_format: str = "PNG",
 ) -> Path:
-    """Render :func:`feature_picture` and save it as a PNG (parent folders are created)."""
+    """Render :func:`feature_picture` and save it (parent folders are created; written atomically).
+
+    Args:
+        path: The file to write.
+        image: What the network saw, ``[3, H, W]`` in [0, 1] (see :func:`network_view`).
+        features: Level name -> feature map ``[C, h, w]``.
+        strides: Each level's stride.
+        tile: Height of each tile in pixels.
+        image_format: ``"PNG"`` or ``"JPEG"``: the bytes written, whatever the file is called.
+    """
+    from backbones.core.files import atomic_path
+
+    if image_format not in {"PNG", "JPEG"}:
+        raise ValueError(f"image_format must be 'PNG' or 'JPEG', got {image_format!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    feature_picture(image, features, strides, tile).save(path, format="PNG", optimize=True)
+    options = {"optimize": True} if image_format == "PNG" else {"quality": 92}
+    with atomic_path(path) as tmp:
+        feature_picture(image, features, strides, tile).save(tmp, format=image_format, **options)
     return path

@@ -14,6 +14,7 @@ def resolve_pretrained_cfg(model_or_name: nn.Module | str | dict[str, Any]) -> d
     if isinstance(model_or_name, dict):
         return model_or_name
     if isinstance(model_or_name, str):
+        import backbones.models  # noqa: F401 - registers the families get_model_entry looks up
         from backbones.core.registry import get_model_entry, split_model_name
         from backbones.hub.manifest import get_weight_spec, pretrained_cfg_for
 

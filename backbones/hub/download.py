@@ -21,8 +21,11 @@ from backbones.hub.integrity import (
     WeightsError,
     WeightsIntegrityError,
     file_sha256,
+    git_blob_sha1,
+    is_git_sha1,
     is_sha256,
     remove_stale_partials,
+    verify_git_blob_sha1,
     verify_sha256,
 )
 
@@ -206,37 +209,53 @@ def _verify_hub_file(
     cache_only: bool,
     sha256: str | None,
 ) -> None:
-    """Check a Hub file against the Hub's digest: the name of its blob, else a blob named by its
-    content, else the ETag the Hub sends (a cache made without links: HF_HUB_DISABLE_SYMLINKS,
-    or copied with ``cp -rL``)."""
-    blob = Path(os.path.realpath(path))
+    """Check a Hub file against the Hub's own digest.
+
+    A cached file is a link to a blob named by that digest: the sha256 of an LFS file, the git
+    blob sha1 of a regular one (config.json). A cache made without links (HF_HUB_DISABLE_SYMLINKS,
+    or copied with ``cp -rL``) holds plain copies: one is trusted when its content names a blob of
+    the same cache, or, online, matches the ETag the Hub sends for it.
+    """
     if sha256:
         verify_sha256(path, sha256, what=what, remove=[path])
         return
+    blob = Path(os.path.realpath(path))
     if is_sha256(blob.name):
         verify_sha256(path, blob.name, what=what, remove=[path])
         return
-    digest = file_sha256(blob)
-    if (storage / "blobs" / digest).is_file():
+    if is_git_sha1(blob.name):
+        verify_git_blob_sha1(path, blob.name, what=what, remove=[path])
+        return
+    digests = {file_sha256(blob), git_blob_sha1(blob)}
+    if any((storage / "blobs" / digest).is_file() for digest in digests):
         return  # the content is exactly what the Hub named by that digest
-    hub_digest = None if cache_only else _hub_etag_sha256(repo_id, filename, revision, token)
+    hub_digest = None if cache_only else _hub_etag(repo_id, filename, revision, token)
     if hub_digest is None:
         raise WeightsIntegrityError(
-            f"{what}: {path} is a plain copy (not a link to a blob named by its sha256, as a cache made with "
+            f"{what}: {path} is a plain copy (not a link to a blob named by its digest, as a cache made with "
             f"HF_HUB_DISABLE_SYMLINKS=1 or copied with `cp -rL` holds), so it cannot be verified offline. Copy "
             f"the Hugging Face cache with its links kept (`cp -a`), or load it once with the Hub reachable"
         )
-    if digest != hub_digest:
-        verify_sha256(path, hub_digest, what=what, remove=[path])
+    if hub_digest not in digests:
+        _remove_quietly(path)
+        raise WeightsIntegrityError(
+            f"{what}: {path} does not match the Hub's digest {hub_digest}; the file is truncated, corrupt or not the "
+            f"published one. It has been removed from the cache: run again to download it afresh."
+        )
 
 
-def _hub_etag_sha256(repo_id: str, filename: str, revision: str | None, token: str | bool | None) -> str | None:
-    """The sha256 the Hub reports for an LFS file (its ETag), or ``None`` for a small non-LFS file."""
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _hub_etag(repo_id: str, filename: str, revision: str | None, token: str | bool | None) -> str | None:
+    """The digest the Hub reports for a file (its ETag: sha256 for LFS, git blob sha1 otherwise)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     metadata = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), token=token)
-    etag = (metadata.etag or "").strip('"').removeprefix("W/").strip('"')
-    return etag if is_sha256(etag) else None
+    etag = (metadata.etag or "").removeprefix("W/").strip('"')
+    return etag if is_sha256(etag) or is_git_sha1(etag) else None
 
 
 def hub_file_cached(

@@ -27,9 +27,12 @@ __all__ = [
     "WeightsError",
     "WeightsIntegrityError",
     "file_sha256",
+    "git_blob_sha1",
+    "is_git_sha1",
     "is_sha256",
     "read_digest_beside",
     "remove_stale_partials",
+    "verify_git_blob_sha1",
     "verify_sha256",
     "write_digest_beside",
 ]
@@ -39,6 +42,7 @@ DIGEST_SUFFIX = ".sha256"
 STALE_PARTIAL_AGE_S = 24 * 3600
 _PARTIAL_SUFFIXES = (".incomplete", ".partial")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _CHUNK = 1 << 20
 
 
@@ -53,6 +57,37 @@ class WeightsIntegrityError(WeightsError):
 def is_sha256(text: str) -> bool:
     """Whether ``text`` is a full lower-case sha256 hex digest."""
     return bool(_SHA256.match(text))
+
+
+def is_git_sha1(text: str) -> bool:
+    """Whether ``text`` is a git object id (40 hex digits): the Hub's name for a regular (non-LFS) file."""
+    return bool(_GIT_SHA1.match(text))
+
+
+def git_blob_sha1(path: str | Path) -> str:
+    """The git blob id of a file: sha1 of ``b"blob <size>\\0"`` + content (how the Hub names config.json)."""
+    path = Path(path)
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_git_blob_sha1(path: Path, expected: str, *, what: str, remove: list[Path] | None = None) -> None:
+    """Check a regular Hub file against its git blob id; on a mismatch it and ``remove`` are deleted.
+
+    Raises:
+        WeightsIntegrityError: The id differs; the message names the file.
+    """
+    real = Path(os.path.realpath(path))
+    actual = git_blob_sha1(real)
+    if actual != expected:
+        _remove([real, Path(path), *(remove or [])])
+        raise WeightsIntegrityError(
+            f"{what}: the git blob id of {real} is {actual}, expected {expected}; the file is truncated or corrupt. "
+            f"It has been removed from the cache: run again to download it afresh."
+        )
 
 
 def file_sha256(path: str | Path) -> str:

@@ -24,8 +24,11 @@ __all__ = [
     "DEFAULT_OPSET",
     "FORMATS",
     "ExportError",
+    "check_destination",
+    "check_opset",
     "export",
     "export_dynamic_shapes",
+    "max_opset",
     "min_dynamic_size",
     "output_names",
     "program_to_onnx",
@@ -34,6 +37,11 @@ __all__ = [
 FORMATS = ("onnx", "pt2", "torchscript")
 _SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
 DEFAULT_OPSET = 18
+# The exporter (torch.onnx, dynamo=True) implements opset 18 upward: asked for less, it writes 18
+# anyway after a long warning; asked for more than onnx knows, it fails deep inside.
+MIN_OPSET = 18
+# Names of the dynamic input axes in the ONNX file (torch.export calls them s0, s1, ...).
+DYNAMIC_AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
 INPUT_NAME = "images"
 MAX_BATCH = 1024
 MAX_SIZE = 4096
@@ -41,6 +49,49 @@ MAX_SIZE = 4096
 
 class ExportError(RuntimeError):
     """An export that cannot be done as asked; the message says why and what to change."""
+
+
+def max_opset() -> int:
+    """The newest ONNX opset this torch's exporter accepts."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+    except ImportError:  # a torch that moved the constant: trust the default only
+        return DEFAULT_OPSET
+    return int(ONNX_MAX_OPSET)
+
+
+def check_opset(opset: int) -> int:
+    """Return ``opset`` if the exporter supports it.
+
+    Raises:
+        ExportError: It is not an integer in ``MIN_OPSET..max_opset()``.
+
+    Example:
+        >>> check_opset(18)
+        18
+    """
+    high = max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= high:
+        raise ExportError(f"ONNX opset {opset!r} is not supported; choose one from {MIN_OPSET} to {high}")
+    return opset
+
+
+def check_destination(path: str | Path, format: str | None = None) -> tuple[Path, str]:
+    """The file to export to and its format, checked before any work (not a folder, a known format, writable).
+
+    Raises:
+        ExportError: ``path`` is a folder, its format is unknown, or it cannot be written.
+
+    Example:
+        >>> check_destination("resnet50.onnx")
+        (PosixPath('resnet50.onnx'), 'onnx')
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ExportError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.onnx'}")
+    format = _format_for(path, format)
+    _check_writable(path)
+    return path, format
 
 
 def _format_for(path: Path, format: str | None) -> str:
@@ -214,9 +265,9 @@ def export(
         ExportError: Unsupported format, unwritable path, a missing exporter package, or int8
             asked for a format other than ONNX or without calibration.
     """
-    path = Path(path).expanduser()
-    format = _format_for(path, format)
-    _check_writable(path)
+    path, format = check_destination(path, format)
+    if format == "onnx":
+        check_opset(opset)
     if dtype != "float32":
         return _export_onnx_int8(
             model, path, format, dtype, calibration, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset
@@ -258,6 +309,7 @@ def program_to_onnx(
             "ONNX export needs the onnx and onnxscript packages: `pip install onnx onnxscript` "
             "(or `pip install backbones[test]`)"
         ) from None
+    check_opset(opset)
     path = Path(path)
     torch.onnx.export(
         program,
@@ -270,9 +322,32 @@ def program_to_onnx(
         optimize=optimize,
         verbose=False,
     )
+    _name_dynamic_axes(path)
     if check:
         onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def _name_dynamic_axes(path: Path) -> None:
+    """Rename the input's symbolic axes to batch / height / width, wherever the same symbol appears."""
+    import onnx
+
+    from backbones.core.files import atomic_path
+
+    model = onnx.load(str(path))
+    renames = {}
+    for graph_input in model.graph.input[:1]:
+        for index, dim in enumerate(graph_input.type.tensor_type.shape.dim):
+            if dim.dim_param and index in DYNAMIC_AXIS_NAMES:
+                renames[dim.dim_param] = DYNAMIC_AXIS_NAMES[index]
+    if not renames:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def _export_onnx_int8(

@@ -1,0 +1,303 @@
+"""``predict`` and ``features``: run a model on image files, folders or a saved fine-tuned model.
+
+Only argparse and the shared option types are imported here; the work is imported in the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from backbones.apps.cli.options import add_device_option, check_output_file, natural_key, positive_int
+
+__all__ = ["add_commands"]
+
+DTYPES = ("fp32", "bf16", "int8")
+# owner/name on the Hugging Face Hub: a model saved there with save_pretrained or push_to_hub.
+HUB_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
+PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def add_commands(command: Any) -> None:
+    """Register ``predict`` and ``features`` (see :func:`backbones.apps.cli.main.build_parser`)."""
+    cmd = command("predict", "classify images (files or folders) with pretrained or fine-tuned weights", _cmd_predict)
+    cmd.add_argument("name", help="architecture or arch.tag (resnet50.tv2_in1k), or a save_pretrained folder")
+    cmd.add_argument("images", nargs="+", help="image files, or folders searched recursively for images")
+    cmd.add_argument("--top-k", type=positive_int, default=5, help="how many classes to show per image")
+    cmd.add_argument("--weights", help="a weight tag, a weights file or a save_pretrained folder (default: the tag's)")
+    output = cmd.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    output.add_argument("--csv", action="store_true", help="print CSV rows: image,rank,index,class,probability")
+    cmd.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
+    cmd.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="fp32: the model as it is; bf16: backbones.optimize in bfloat16; int8: quantized, calibrated on "
+        "the given images (or --calibration)",
+    )
+    cmd.add_argument(
+        "--calibration", help="int8 only: calibrate on this image folder or 'digits' instead of the given images"
+    )
+    add_device_option(cmd)
+    cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
+
+    cmd = command("features", "save a picture of what the network saw and every feature / FPN level", _cmd_features)
+    cmd.add_argument("name", help="architecture or arch.tag (resnet50_fpn), or a folder written by save_pretrained")
+    cmd.add_argument("image", help="an image file")
+    cmd.add_argument("--out", default="features.png", help="the picture to write: .png, .jpg or .jpeg")
+    cmd.add_argument("--weights", help="a weight tag, a weights file or a save_pretrained folder (default: random)")
+    add_device_option(cmd)
+    cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def image_paths(arguments: list[str]) -> list[Path]:
+    """The image files the arguments name: files as given, folders searched recursively (natural order).
+
+    Raises:
+        FileNotFoundError: An argument does not exist.
+        ValueError: A folder holds no images, or an argument is neither a file nor a folder (a FIFO).
+    """
+    from backbones.data.images import is_image_file
+
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument).expanduser()
+        if path.is_dir():
+            found = sorted(
+                (p for p in path.rglob("*") if p.is_file() and is_image_file(p)),
+                key=lambda p: natural_key(str(p.relative_to(path))),
+            )
+            if not found:
+                raise ValueError(f"the folder {path} holds no image files (.jpg, .png, ...)")
+            paths += found
+        elif not path.exists():
+            raise FileNotFoundError(f"no image file at {path}")
+        elif not path.is_file():  # reading a FIFO or a device would block or never end
+            raise ValueError(f"{path} is not a regular file (a FIFO or device); give an image file")
+        else:
+            paths.append(path)
+    return paths
+
+
+def check_images(paths: list[Path]) -> None:
+    """Read each image's header now (format and size), so a bad file fails before the model is loaded.
+
+    Raises:
+        ValueError: A file is not an image Pillow recognises, or has more pixels than the decoding limit.
+    """
+    from PIL import Image
+
+    from backbones.data.images import MAX_IMAGE_PIXELS
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from None
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"image {path} has {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                f"(a decompression-bomb guard); shrink it"
+            )
+
+
+def saved_folder(text: str | None) -> Path | None:
+    """``text`` as a ``save_pretrained`` folder (it holds a config.json), else ``None``."""
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    return path if (path / "config.json").is_file() else None
+
+
+def load_model(name: str, weights: str | None, *, default_weights: bool, progress: bool) -> tuple[Any, str]:
+    """The model the command line names, and in words which weights it carries.
+
+    A saved folder (as the name, or as ``--weights``) brings its own architecture, head, class
+    names and preprocessing from its ``config.json``.
+
+    Raises:
+        ValueError: Both a saved folder and ``--weights``, or a saved folder of another architecture.
+    """
+    from backbones.core.registry import split_model_name
+    from backbones.models.factory import create_model
+    from backbones.models.pretrained import from_pretrained
+
+    folder = saved_folder(name)
+    if folder is not None or HUB_REPO.match(name):
+        if weights:
+            raise ValueError(f"{name} is a saved model with its own weights; drop --weights {weights}")
+        where = f"{folder} (saved model)" if folder is not None else f"{name} (Hub repo)"
+        return from_pretrained(folder or name, progress=progress), where
+    folder = saved_folder(weights)
+    if folder is not None:
+        model = from_pretrained(folder, progress=progress)
+        saved_arch = getattr(model, "model_config", {}).get("architecture")
+        arch = split_model_name(name)[0]
+        if saved_arch and saved_arch != arch:
+            raise ValueError(
+                f"--weights {weights} holds a {saved_arch}, not a {arch}; run `backbones predict {weights} IMAGE...`"
+            )
+        return model, f"{folder} (saved model)"
+    pretrained: bool | str = weights or default_weights
+    model = create_model(name, pretrained=pretrained, progress=progress)
+    described = model.pretrained_cfg.get("weights", weights) if pretrained else "random"
+    return model, str(described)
+
+
+def _batches(paths: list[Path], transform: Any, size: int) -> Iterator[tuple[list[Path], Any]]:
+    import torch
+
+    from backbones.apps.visualize import load_image
+
+    for start in range(0, len(paths), size):
+        chunk = paths[start : start + size]
+        yield chunk, torch.stack([transform(load_image(path)) for path in chunk])
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def _refuse_fpn_name(name: str) -> None:
+    from backbones.models.factory import get_model_entry
+
+    if get_model_entry(name).kind == "fpn":
+        raise ValueError(
+            f"{name} is a feature pyramid (a detection backbone) and does not classify; "
+            f"see its levels with `backbones features {name} IMAGE`"
+        )
+
+
+def _refuse_non_classifiers(model: Any, name: str) -> None:
+    if getattr(model, "num_classes", None):
+        return
+    arch = getattr(model, "model_config", {}).get("architecture", name)
+    if hasattr(model, "out_channels") or str(arch).endswith("_fpn"):
+        raise ValueError(
+            f"{arch} is a feature pyramid (a detection backbone) and does not classify; "
+            f"see its levels with `backbones features {name} IMAGE`"
+        )
+    raise ValueError(
+        f"{arch} has no classifier (num_classes=0 or features_only); see its features with "
+        f"`backbones features {name} IMAGE`"
+    )
+
+
+def _fast_model(model: Any, dtype: str, calibration: Any) -> Any:
+    if dtype == "fp32":
+        return model
+    import torch
+
+    from backbones.runtime.optimize import optimize
+
+    if dtype == "bf16":
+        return optimize(model, dtype=torch.bfloat16)
+    return optimize(model, dtype="int8", calibration=calibration)
+
+
+def _calibration(model: Any, args: argparse.Namespace, paths: list[Path], transform: Any) -> Any:
+    if args.dtype != "int8":
+        return None
+    if args.calibration:
+        from backbones.data.calibration import calibration_batches
+
+        return calibration_batches(model, args.calibration)
+    # The images being classified, preprocessed as they will be classified.
+    return [batch for _, batch in _batches(paths, transform, args.batch_size)]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from backbones.apps.cli.options import resolve_device
+    from backbones.data.transforms import transforms_for
+
+    if args.calibration and args.dtype != "int8":
+        raise ValueError("--calibration applies to --dtype int8 only")
+    device = resolve_device(args.device)
+    if args.dtype != "fp32" and device.type != "cpu":
+        raise ValueError(f"--dtype {args.dtype} is backbones.optimize's CPU path; use --dtype fp32 with --device cuda")
+    if saved_folder(args.name) is None and not HUB_REPO.match(args.name):
+        _refuse_fpn_name(args.name)  # before any weights are fetched
+    paths = image_paths(args.images)
+    check_images(paths)
+    model, weights = load_model(args.name, args.weights, default_weights=True, progress=not args.quiet)
+    _refuse_non_classifiers(model, args.name)
+    model = model.eval()
+    transform = transforms_for(model)
+    network = _fast_model(model, args.dtype, _calibration(model, args, paths, transform)).to(device)
+    classes = model.pretrained_cfg.get("class_names") or [str(i) for i in range(model.num_classes)]
+    results = []
+    with torch.inference_mode():
+        for chunk, batch in _batches(paths, transform, args.batch_size):
+            probabilities = network(batch.to(device)).float().softmax(dim=1).cpu()
+            top = probabilities.topk(min(args.top_k, probabilities.shape[1]), dim=1)
+            for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+                ranked = [
+                    {"index": i, "class": classes[i], "probability": round(p, 6)}
+                    for p, i in zip(values, indices, strict=True)
+                ]
+                results.append({"image": str(path), "predictions": ranked})
+    _print_predictions(results, weights, args)
+    return 0
+
+
+def _print_predictions(results: list[dict[str, Any]], weights: str, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps({"model": args.name, "weights": weights, "dtype": args.dtype, "results": results}, indent=1))
+        return
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["image", "rank", "index", "class", "probability"])
+        for result in results:
+            for rank, p in enumerate(result["predictions"], start=1):
+                writer.writerow([result["image"], rank, p["index"], p["class"], p["probability"]])
+        return
+    print(f"weights: {weights}")
+    for result in results:
+        print(result["image"])
+        for p in result["predictions"]:
+            print(f"  {p['probability'] * 100:6.2f}%  {p['class']}")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    out, picture_format = check_output_file(args.out, PICTURE_FORMATS)  # before torch is even imported
+    import torch
+
+    from backbones.apps.cli.options import resolve_device
+    from backbones.apps.visualize import load_image, network_view, save_feature_picture
+    from backbones.data.transforms import transforms_for
+
+    device = resolve_device(args.device)
+    image = load_image(args.image)
+    model, weights = load_model(args.name, args.weights, default_weights=False, progress=not args.quiet)
+    pyramid = hasattr(model, "out_channels")
+    if not pyramid and not hasattr(model, "out_indices"):
+        model = model.feature_extractor()
+    cfg = model.pretrained_cfg
+    # Detection backbones see the whole image (resized, never cropped); classifiers their crop.
+    view_cfg = dict(cfg, crop_size=None) if pyramid else cfg
+    x = transforms_for(view_cfg)(image)[None]
+    model = model.eval().to(device)
+    with torch.inference_mode():
+        features = {k: v[0].float().cpu() for k, v in model(x.to(device)).items()}
+    shown = network_view(x[0], cfg)
+    path = save_feature_picture(out, shown, features, model.feature_info.stride(), image_format=picture_format)
+    print(f"input as the network saw it: {x.shape[-2]}x{x.shape[-1]} ({'whole image' if pyramid else 'centre crop'})")
+    for info, fmap in zip(model.feature_info, features.values(), strict=True):
+        print(f"{info.name:<16} {(1, *fmap.shape)!s:<22} stride {info.stride}")
+    print(f"wrote {path} (weights: {weights})")
+    return 0

@@ -1,0 +1,168 @@
+"""Argument types and checks every command shares; standard library only, so ``--help`` stays fast.
+
+A bad value is an ``argparse.ArgumentTypeError``: argparse prints it as one line with the usage
+and exits with status 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "add_device_option",
+    "check_output_file",
+    "check_output_folder",
+    "json_object",
+    "natural_key",
+    "parse_shape",
+    "parse_size",
+    "positive_float",
+    "positive_int",
+    "resolve_device",
+]
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (``--top-k``, ``--batches``, ``--threads``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (``--seconds``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    return value
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``N,C,H,W`` (or ``NxCxHxW``) of positive sizes."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape such as 1,3,224,224, got {text!r}") from None
+    if len(shape) != 4 or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 4 positive sizes N,C,H,W, got {text!r}")
+    return shape
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` of positive sizes, e.g. ``800x1344``."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 800x1344, got {text!r}") from None
+    if min(height, width) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 800x1344, got {text!r}")
+    return height, width
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A JSON object such as ``'{"num_classes": 10}'`` (model options are named, never positional)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"num_classes\": 10}}': {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of named options such as '{{\"num_classes\": 10}}', got a "
+            f"{type(value).__name__}: {text}"
+        )
+    return value
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders digit runs by value: ``resnet18`` before ``resnet101``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """Make sure results can be written into the folder ``path`` (created if missing) before any work.
+
+    Raises:
+        ValueError: ``path`` is a file, cannot be created, or is not writable.
+    """
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file; give a folder to write the results into")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {folder} cannot be created ({err.strerror}); choose another folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {folder} is not writable; choose another folder")
+    return folder
+
+
+def check_output_file(path: str | Path, suffixes: dict[str, str]) -> tuple[Path, str]:
+    """Check a file to write before any work: its suffix names a known format and its folder is writable.
+
+    Args:
+        path: The file the command will write.
+        suffixes: Known suffixes (lower case, with the dot) -> format name.
+
+    Returns:
+        The path and its format.
+
+    Raises:
+        ValueError: ``path`` is a folder, has an unknown suffix, or cannot be written.
+    """
+    out = Path(path).expanduser()
+    known = ", ".join(sorted(suffixes))
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name ending in one of {known}")
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"--out {out}: cannot tell the format from {out.suffix or 'no suffix'!r}; use one of {known}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"--out {out}: permission denied")
+    return out, suffixes[out.suffix.lower()]
+
+
+def add_device_option(command: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda|cuda:N``: where the model runs."""
+    command.add_argument(
+        "--device",
+        default="cpu",
+        help="where to run: cpu, cuda or cuda:N (CUDA needs a PyTorch build with CUDA and a visible GPU)",
+    )
+
+
+def resolve_device(name: str) -> Any:
+    """The ``torch.device`` for ``--device``, checked now rather than inside the first convolution.
+
+    Raises:
+        ValueError: Not a device name, or CUDA asked for where none is available.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in {"cpu", "cuda"}:
+        raise ValueError(f"--device {name!r}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: no CUDA device is available (torch.cuda.is_available() is False); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
