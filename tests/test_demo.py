@@ -9,12 +9,13 @@ import torch
 from safetensors.torch import save
 
 import backbones
-from backbones.apps.demo import run_demo, sample_image
+from backbones.apps.demo import finetune_digits, run_demo, sample_image
+from backbones.data.datasets import open_dataset
 
 
 def test_demo_runs_offline_with_random_weights_and_says_so(caches, monkeypatch, tmp_path: Path, capsys) -> None:
     monkeypatch.setenv("BACKBONES_OFFLINE", "1")
-    report = run_demo(tmp_path, seconds=0.1)
+    report = run_demo(tmp_path, seconds=0.1, digits_epochs=0)  # the digits part has a test of its own
     out = capsys.readouterr().out
     assert "loaded through torch.hub from this checkout" in out
     assert "weights: random initialisation (resnet50_fpn.tv_coco is not cached and offline mode is on)" in out
@@ -36,7 +37,7 @@ def test_demo_runs_offline_with_random_weights_and_says_so(caches, monkeypatch, 
 def test_demo_prints_top5_classes_when_resnet50_weights_are_reachable(hub_server, caches, tmp_path, capsys) -> None:
     weights = backbones.create_model("resnet50").state_dict()
     hub_server.publish("timm/resnet50.tv2_in1k", {"model.safetensors": save(weights)})
-    report = run_demo(tmp_path, seconds=0.1)
+    report = run_demo(tmp_path, seconds=0.1, digits_epochs=0)
     out = capsys.readouterr().out
     assert "resnet50 top-5 (resnet50.tv2_in1k, resnet50.tv2_in1k can be downloaded from 127.0.0.1)" in out
     assert len(report["top5"]) == 5
@@ -44,6 +45,21 @@ def test_demo_prints_top5_classes_when_resnet50_weights_are_reachable(hub_server
     assert all(name in names for name, _ in report["top5"])
     probabilities = [p for _, p in report["top5"]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+
+
+def test_demo_fine_tunes_on_the_digits_and_classifies_held_out_digits_with_the_reloaded_model(
+    tmp_path: Path, capsys
+) -> None:
+    digits = finetune_digits(tmp_path, epochs=1, shown=4)
+    out = capsys.readouterr().out
+    assert f"held-out accuracy: top-1 {100 * digits['top1']:.2f}% of 360 digits" in out
+    # The folder the demo reloads is the model it trained: it scores the same on the held-out digits.
+    assert backbones.evaluate_model(digits["folder"], "digits", picture=None)["top1"] == pytest.approx(digits["top1"])
+    held_out = [label for _, label in open_dataset("digits", "val", model="resnet18").samples]
+    assert [truth for truth, _, _ in digits["predictions"]] == [str(label) for label in held_out[:4]]
+    for truth, predicted, probability in digits["predictions"]:
+        assert f"is a {truth}: predicted {predicted} ({100 * probability:.1f}%)" in out
+    assert "reloaded" in out and "with from_pretrained" in out
 
 
 def test_sample_image_is_deterministic_rgb_in_range() -> None:

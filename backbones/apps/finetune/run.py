@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,8 @@ def finetune(model: str, data: str, out: str | Path, **options: Any) -> Finetune
 def _deterministic(enabled: bool) -> Iterator[None]:
     previous = torch.are_deterministic_algorithms_enabled()
     if enabled:
+        # cuBLAS is deterministic only with a fixed workspace, which must be set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     try:
         yield
