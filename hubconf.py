@@ -3,8 +3,11 @@
 Each entrypoint is the package's own public builder, so ``torch.hub.load`` and
 ``backbones.create_model`` take the same path and ``torch.hub.help`` shows the same docstring::
 
-    model = torch.hub.load("<org>/backbones", "resnet50", pretrained=True, trust_repo=True)
-    model = torch.hub.load("<org>/backbones", "create_model", "resnet50.tv2_in1k", pretrained=True)
+    model = torch.hub.load("path/to/backbones", "resnet50", source="local")   # a checkout
+    model = torch.hub.load("OWNER/backbones", "resnet50", pretrained=True, trust_repo=True)
+    model = torch.hub.load("OWNER/backbones", "create_model", "resnet50.tv2_in1k", pretrained=True)
+
+(OWNER: the GitHub account that hosts the copy you use.)
 
 Every entrypoint takes ``pretrained`` (False, True, a weight tag or a file path), ``progress``,
 ``num_classes``, ``features_only`` / ``out_indices`` and the model's own options.
