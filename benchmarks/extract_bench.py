@@ -16,12 +16,19 @@ What it measures, all in this process except the process comparison, interleaved
   resizing in DataLoader workers, forward, shard writing): its shard loop (timed alone) and the
   whole call (model loading, optimize and set-up included);
 * processes: ``python -m backbones extract`` with OMP_NUM_THREADS=2 against ``torchrun
-  --nproc_per_node 2`` with OMP_NUM_THREADS=1 (one DataLoader worker each), whole-command wall time.
+  --nproc_per_node 2`` with OMP_NUM_THREADS=1 (one DataLoader worker each), whole-command wall time;
+* with ``--probe-model DIR`` (a ``backbones finetune`` output on the digits): that model's pooled
+  embeddings of the digits, the k-NN and logistic-regression probes beside the model's own top-1
+  (``--skip-speed`` measures only this and keeps the speed section of the report).
+
+    .venv/bin/python -m backbones finetune resnet18 --data digits --out runs/digits
+    .venv/bin/python benchmarks/extract_bench.py --probe-model runs/digits --skip-speed
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -41,8 +48,10 @@ import torch
 import backbones
 from backbones.apps.extract import runner
 from backbones.apps.extract.layers import extraction_network, parse_layers
+from backbones.apps.probe import probe
 
 CLASSES = 4
+PROBE_TITLE = "## Probes on the digits"
 
 
 def make_jpegs(root: Path, count: int, size: int = 256) -> list[Path]:
@@ -158,8 +167,50 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "backbones-extract-bench"))
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "EXTRACT.md"))
+    parser.add_argument("--probe-model", help="a finetune output folder (digits) to probe")
+    parser.add_argument("--skip-speed", action="store_true", help="only the probes; keep the report's speed section")
     args = parser.parse_args()
+    report = Path(args.out)
+    if args.skip_speed:
+        speed = report.read_text(encoding="utf-8").split(PROBE_TITLE)[0].rstrip() + "\n"
+    else:
+        speed = speed_section(args)
+    probes = probe_section(Path(args.probe_model), Path(args.work)) if args.probe_model else ""
+    report.write_text(speed + ("\n" + probes if probes else ""), encoding="utf-8")
+    print(speed + probes)
 
+
+def probe_section(model_dir: Path, work: Path) -> str:
+    """The probes' top-1 on the digits beside the fine-tuned model's own validation top-1."""
+    out = work / "probe-features"
+    start = time.perf_counter()
+    backbones.extract(model_dir, "digits", out, batch_size=128, overwrite=True, progress=False)
+    seconds = time.perf_counter() - start
+    result = probe(out)
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    own = records[-1]["val_top1"]
+    architecture = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["architecture"]
+    return "\n".join(
+        [
+            PROBE_TITLE,
+            "",
+            f"{architecture} after {len(records)} epochs of `backbones finetune` (default recipe) on the digits "
+            f"({model_dir}); its pooled embeddings "
+            f"of all 1,797 digits extracted ({seconds:.0f} s), `backbones probe` on the data layer's split (seed 0, "
+            f"{result.train_images} train / {result.val_images} val, the split the model was validated on).",
+            "",
+            "| classifier on the validation digits | top-1 |",
+            "|---|---|",
+            f"| the fine-tuned model itself (metrics.jsonl, last epoch) | {100 * own:.2f}% |",
+            f"| k-NN on its embeddings (cosine, k={result.k}) | {100 * result.knn_top1:.2f}% |",
+            f"| logistic regression on its embeddings | {100 * result.logistic_top1:.2f}% |",
+            "",
+        ]
+    )
+
+
+def speed_section(args: argparse.Namespace) -> str:
+    """Pipeline against model-only, and 1 process x 2 threads against 2 processes x 1 thread."""
     work = Path(args.work)
     started = time.perf_counter()
     pool = make_jpegs(work / "jpegs", args.pool)
@@ -241,8 +292,7 @@ def main() -> None:
         "machine is shared, so absolute rates are noisy; the ratios come from interleaved runs.",
         "",
     ]
-    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
