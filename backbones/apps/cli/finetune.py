@@ -134,7 +134,9 @@ def add_commands(command: Any) -> None:
     )
     cmd.add_argument("--freeze-norm", action="store_true", help="keep BatchNorm statistics and parameters fixed")
     cmd.add_argument(
-        "--augment", action=argparse.BooleanOptionalAction, default=True, help="training augmentation (default on)"
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="training augmentation (default: on for folders, off for the digits)",
     )
     cmd.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     cmd.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")

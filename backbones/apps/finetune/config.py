@@ -68,7 +68,9 @@ class FinetuneConfig:
         trainable_stages: Train only the last K stages of ``model.feature_info`` (the FPN's
             split) and the head; ``None`` trains everything; 0 trains the head only.
         freeze_norm: Keep BatchNorm statistics and affine parameters fixed (eval-mode BatchNorm).
-        augment: Training augmentation (folders: random resized crop and flip; digits: shifts).
+        augment: Training augmentation: folders a random resized crop and flip, digits random shifts
+            of up to one original pixel. Default (``None``): on for folders, off for the digits (5
+            epochs reach a higher accuracy without it; see benchmarks/FINETUNE.md).
         image_size: Input size (default: ``max(32, model minimum)`` on digits, the crop size on folders).
         val_data: A validation folder; otherwise ``val_fraction`` of ``data`` (stratified, seeded).
         val_fraction: Share of ``data`` held out for validation.
@@ -100,7 +102,7 @@ class FinetuneConfig:
     pretrained: str | None = None
     trainable_stages: int | None = None
     freeze_norm: bool = False
-    augment: bool = True
+    augment: bool | None = None
     image_size: int | None = None
     val_data: str | None = None
     val_fraction: float = 0.2

@@ -125,7 +125,8 @@ def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
         "skip_bad_images": config.skip_bad_images,
         "image_size": config.image_size,
     }
-    train_set = open_dataset(config.data, "train", model=reference, training=config.augment, **data_options)
+    augment = config.augment if config.augment is not None else config.data != "digits"
+    train_set = open_dataset(config.data, "train", model=reference, training=augment, **data_options)
     val_set = open_dataset(config.data, "val", model=reference, **data_options)
     skipped = [*train_set.skipped, *val_set.skipped]
     if skipped:
