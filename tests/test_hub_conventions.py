@@ -222,3 +222,33 @@ def test_an_input_that_is_not_a_tensor_says_how_to_convert_it(batch) -> None:
     model = backbones.create_model("resnet18").eval()
     with pytest.raises(TypeError, match=r"expected a torch.Tensor batch .* torch.as_tensor"):
         model(batch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_a_float_input_of_another_precision_says_which_cast_fixes_it(dtype) -> None:
+    model = backbones.create_model("resnet18").eval()
+    with pytest.raises(ValueError, match=rf"input is {dtype} but the model's weights are torch.float32; cast"):
+        model(torch.zeros(1, 3, 64, 64, dtype=dtype))
+
+
+@pytest.mark.parametrize("features_only", [False, True])
+def test_a_model_cast_to_float64_takes_float64_input(features_only) -> None:
+    # The extractor is a graph traced at float32: its check must follow the model's dtype when it runs.
+    kwargs = {"features_only": True, "out_indices": (2,)} if features_only else {}
+    model = backbones.create_model("resnet18", **kwargs).eval().double()
+    output = model(torch.zeros(1, 3, 64, 64, dtype=torch.float64))
+    assert [t.dtype for t in ([output] if isinstance(output, torch.Tensor) else output.values())] == [torch.float64]
+
+
+def test_behind_a_proxy_the_network_probe_asks_the_proxy(monkeypatch) -> None:
+    import socket
+
+    from backbones.hub.download import host_reachable
+
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert host_reachable("https://hub.invalid", timeout=1)  # only the proxy can answer for this name
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        assert not host_reachable("https://hub.invalid", timeout=1)

@@ -20,15 +20,21 @@ IMAGENET_DEFAULT_CFG: dict[str, Any] = {
 }
 
 
-def check_image_batch(x: Tensor, in_chans: int, min_size: int) -> Tensor:
+def check_image_batch(x: Tensor, in_chans: int, min_size: int, weight: Tensor | None = None) -> Tensor:
     """Check that ``x`` is a float batch ``[N, in_chans, H, W]`` with H, W >= ``min_size``.
+
+    With ``weight`` (a floating-point weight of the model), a float input of another precision
+    (float64 or float16 into a float32 model) is refused with the cast that fixes it, instead of
+    a dtype error from inside the first convolution. The weight itself is passed, not its dtype,
+    so a graph traced once (torch.fx) checks against the dtype the model has when it runs.
 
     Models call this first, so a wrong input fails with a message that names the problem and
     the fix instead of an error from deep inside a convolution.
 
     Raises:
         TypeError: Not a tensor (a numpy array, a list); the message says how to convert it.
-        ValueError: Wrong rank, an integer dtype, the wrong channel count, or an image too small.
+        ValueError: Wrong rank, an integer dtype, another float dtype than ``weight``'s, the wrong
+            channel count, or an image too small.
 
     Example:
         >>> check_image_batch(torch.zeros(3, 224, 224), in_chans=3, min_size=32)
@@ -50,6 +56,11 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int) -> Tensor:
         raise ValueError(
             f"expected a floating-point tensor, got {x.dtype}; convert images with x.float() / 255 "
             f"and normalise them with the mean and std in model.pretrained_cfg"
+        )
+    if weight is not None and x.dtype != weight.dtype:
+        raise ValueError(
+            f"the input is {x.dtype} but the model's weights are {weight.dtype}; cast the input with "
+            f"x.to({weight.dtype}) (or the model with model.to({x.dtype}))"
         )
     if x.shape[1] != in_chans:
         raise ValueError(

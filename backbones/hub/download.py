@@ -268,10 +268,18 @@ def hub_file_cached(
 
 
 def host_reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds.
+
+    Behind a proxy (``HTTPS_PROXY`` and the like, unless ``NO_PROXY`` covers the host) the proxy
+    is what must answer, so the proxy's host is tried instead.
+    """
     import socket
+    import urllib.request
 
     parsed = urlparse(url)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((parsed.hostname or "", port), timeout=timeout):

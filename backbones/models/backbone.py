@@ -72,7 +72,17 @@ class Backbone(nn.Module, HubMixin):
 
     def check_input(self, x: Tensor) -> Tensor:
         """Validate an input batch (see :func:`check_image_batch`) and return it unchanged."""
-        return check_image_batch(x, self.in_chans, self.min_input_size)
+        weight: Tensor | None = None if torch.jit.is_scripting() else self._dtype_reference()
+        return check_image_batch(x, self.in_chans, self.min_input_size, weight)
+
+    @torch.jit.unused
+    def _dtype_reference(self) -> Tensor | None:
+        # Float inputs must match the weights (float32, or bf16/fp16/fp64 after model.to(...)); under
+        # autocast the convolutions cast for themselves.
+        if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+            return None
+        weight = next(self.parameters(), None)
+        return weight if weight is not None and weight.is_floating_point() else None
 
     def forward(self, x: Tensor) -> Tensor:
         """Classify a batch ``[N, in_chans, H, W]`` into logits ``[N, num_classes]``."""
