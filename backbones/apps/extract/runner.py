@@ -228,8 +228,8 @@ def extract(
     out = Path(out).expanduser()
     with distributed_session(device=device) as context:
         source = resolve_model(model, pretrained)
+        selection = parse_layers(layers, source.model)  # before scanning a folder that may hold millions
         dataset = open_dataset(data, split, model=source.model, training=False, image_size=image_size)
-        selection = parse_layers(layers, source.model)
         spans = shard_ranges(len(dataset), shard_size)
         network = extraction_network(source.model.to(context.device), selection)
         size = dataset.image_size
