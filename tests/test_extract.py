@@ -35,6 +35,8 @@ SIZE = "32"
 COMMON_ARGS = ["--shard-size", "3", "--batch-size", "2", "--image-size", SIZE, "--quiet"]
 SHARDS = 4
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# The tests compared with the reference run share one worker under `--dist loadgroup`: it is built once.
+uses_reference = pytest.mark.xdist_group("extract-reference")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,7 @@ def _assert_one_line_error(code: int, err: str, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+@uses_reference
 def test_two_torchrun_processes_write_what_one_process_writes(
     single_run: Path, image_folder: Path, model_dir: Path, tmp_path: Path
 ) -> None:
@@ -132,6 +135,7 @@ def test_two_torchrun_processes_write_what_one_process_writes(
     _assert_same_output(out, single_run)
 
 
+@uses_reference
 def test_shards_read_back_without_backbones_match_load_features(single_run: Path) -> None:
     from safetensors.numpy import load_file
 
@@ -147,6 +151,7 @@ def test_shards_read_back_without_backbones_match_load_features(single_run: Path
     assert loaded.features["pooled"].shape == (10, 512) and loaded.features["layer3"].shape == (10, 256, 2, 2)
 
 
+@uses_reference
 def test_a_run_killed_after_the_first_shard_resumes_to_the_uninterrupted_output(
     single_run: Path, image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -286,6 +291,7 @@ def test_an_unknown_layer_lists_the_valid_ones(
     _assert_one_line_error(code, err, "needs an FPN model such as resnet50_fpn")
 
 
+@uses_reference
 def test_features_of_another_model_are_refused_unless_overwrite(
     single_run: Path, image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
