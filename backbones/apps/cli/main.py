@@ -92,9 +92,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    check_output_folder(args.out)  # before torch is even imported
     from backbones.apps.demo import run_demo
 
-    check_output_folder(args.out)
     run_demo(out_dir=args.out)
     return 0
 
