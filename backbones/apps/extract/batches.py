@@ -46,7 +46,19 @@ class Batch(NamedTuple):
 
 
 def shard_batches(shards: Sequence[range], numbers: Sequence[int], batch_size: int) -> list[ShardBatch]:
-    """The batches of shards ``numbers`` (in that order), each shard cut from its start into ``batch_size`` runs."""
+    """The batches of shards ``numbers`` (in that order), each shard cut from its start into ``batch_size`` runs.
+
+    Args:
+        shards: Every shard's file-list positions (:func:`~backbones.apps.extract.store.shard_ranges`).
+        numbers: The shards this process runs.
+        batch_size: Images per batch.
+
+    Returns:
+        One :class:`ShardBatch` per batch; the last of each shard has ``last=True``.
+
+    Raises:
+        ValueError: ``batch_size`` below 1.
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     batches = []
@@ -84,7 +96,11 @@ def _collate(items: list[tuple[int, Tensor | None, int, str | None]]) -> Batch:
 
 
 def extraction_loader(dataset: Dataset, batches: Sequence[ShardBatch], workers: int) -> Any:
-    """A DataLoader yielding one :class:`Batch` per entry of ``batches``, in order, decoded in ``workers`` processes."""
+    """A DataLoader yielding one :class:`Batch` per entry of ``batches``, in order, decoded in ``workers`` processes.
+
+    Raises:
+        ValueError: ``workers`` below 0.
+    """
     if workers < 0:
         raise ValueError(f"workers must be 0 (decode in this process) or more, got {workers}")
     return DataLoader(

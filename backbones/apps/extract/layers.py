@@ -142,6 +142,13 @@ def extraction_network(model: nn.Module, selection: LayerSelection) -> nn.Module
 
     A classifier is wrapped (stage taps and its head); an FPN or a ``features_only`` extractor
     already returns a dict of its stages and is used as it is.
+
+    Args:
+        model: The model :func:`parse_layers` parsed ``selection`` for.
+        selection: What to return.
+
+    Returns:
+        An eval-mode module (``backbones.optimize`` takes it as it takes the model).
     """
     if _is_classifier(model):
         return _ClassifierTaps(model, selection).eval()
@@ -149,7 +156,16 @@ def extraction_network(model: nn.Module, selection: LayerSelection) -> nn.Module
 
 
 def select_outputs(raw: dict[str, Tensor], selection: LayerSelection) -> dict[str, Tensor]:
-    """Pick and pool the network's outputs into the stored tensors, in ``selection.outputs`` order."""
+    """Pick and pool the network's outputs into the stored tensors.
+
+    Args:
+        raw: The output of :func:`extraction_network`'s module (or of its optimized copy).
+        selection: The parsed layer spec.
+
+    Returns:
+        Stored name -> tensor, in ``selection.outputs`` order; ``NAME:pooled`` is the map averaged
+        over height and width.
+    """
     out: dict[str, Tensor] = {}
     for name in selection.outputs:
         if name.endswith(POOLED_SUFFIX):

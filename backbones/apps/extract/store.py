@@ -111,7 +111,11 @@ def shard_path(out: Path, shard: int) -> Path:
 
 
 def shard_ranges(count: int, shard_size: int) -> list[range]:
-    """The file-list positions of each shard: consecutive runs of ``shard_size`` (the last may be shorter)."""
+    """The file-list positions of each shard: consecutive runs of ``shard_size`` (the last may be shorter).
+
+    Raises:
+        ValueError: ``shard_size`` below 1.
+    """
     if shard_size < 1:
         raise ValueError(f"shard size must be at least 1 image, got {shard_size}")
     return [range(start, min(start + shard_size, count)) for start in range(0, count, shard_size)]
