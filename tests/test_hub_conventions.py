@@ -113,29 +113,30 @@ def test_without_a_network_a_load_fails_at_once_and_says_how_to_go_offline(
 
 def test_from_pretrained_takes_the_hub_mixin_options(hub_server, caches, tmp_path) -> None:
     saved = backbones.create_model("resnet18", num_classes=4)
-    saved.push_to_hub("tester/options")
-    from huggingface_hub import HfApi
-
-    sha = HfApi().model_info("tester/options").sha
+    folder = saved.save_pretrained(tmp_path / "saved")
+    sha = hub_server.publish("tester/options", {p.name: p.read_bytes() for p in folder.iterdir()})
     own_cache = tmp_path / "own-cache"
     hub_server.clear_requests()
-    model = backbones.from_pretrained("tester/options", cache_dir=own_cache, token="secret-token", progress=False)
+    model = backbones.from_pretrained(
+        "tester/options", revision=sha, cache_dir=own_cache, token="secret-token", progress=False
+    )
     assert torch.equal(model.fc.weight, saved.fc.weight)
     assert list(own_cache.rglob("model.safetensors")) and not list(Path(caches["HF_HUB_CACHE"]).rglob("*.safetensors"))
     assert any("secret-token" in str(headers) for headers in hub_server.request_headers)
+    assert any(sha in path for _, path in hub_server.requests)
     hub_server.clear_requests()
     backbones.from_pretrained("tester/options", cache_dir=own_cache, force_download=True, progress=False)
     assert any(method == "GET" and path.endswith("model.safetensors") for method, path in hub_server.requests)
     with pytest.raises(WeightsUnavailableError, match="local_files_only=True"):
         backbones.from_pretrained("tester/options", cache_dir=tmp_path / "empty", local_files_only=True)
-    assert backbones.from_pretrained("tester/options", revision=sha, cache_dir=own_cache).num_classes == 4
 
 
-def test_save_pretrained_with_push_to_hub_uploads_the_folder(hub_server, caches, tmp_path) -> None:
+def test_save_pretrained_with_push_to_hub_and_a_bare_name_uploads_to_your_namespace(hub_server, caches, tmp_path):
+    # Issue 17 defect 8: a bare name goes to the repo create_repo made (<user>/name), not to "name".
     backbones.create_model("resnet18", num_classes=2).save_pretrained(
-        tmp_path / "local", push_to_hub=True, repo_id="tester/pushed-on-save"
+        tmp_path / "local", push_to_hub=True, repo_id="bare-name"
     )
-    assert {"config.json", "model.safetensors", "README.md"} <= set(hub_server.files("tester/pushed-on-save"))
+    assert {"config.json", "model.safetensors", "README.md"} <= set(hub_server.files("stand-in/bare-name"))
 
 
 def test_push_to_hub_offline_is_one_clear_error(tmp_path, monkeypatch, capsys) -> None:

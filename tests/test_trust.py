@@ -339,11 +339,7 @@ def test_impossible_weights_are_refused_naming_the_tensor(case, resnet18_state, 
 
 
 # ----------------------------------------------------------------------------- defect 8: push_to_hub with a bare name
-
-
-def test_push_to_hub_with_a_bare_name_uploads_to_the_repo_create_repo_made(hub_server, caches) -> None:
-    backbones.create_model("resnet18", num_classes=2).push_to_hub("bare-name")
-    assert {"config.json", "model.safetensors"} <= set(hub_server.files("stand-in/bare-name"))
+# is test_save_pretrained_with_push_to_hub_and_a_bare_name_uploads_to_your_namespace in test_hub_conventions.py
 
 
 # ----------------------------------------------------------------------------- local files: say what it really is
