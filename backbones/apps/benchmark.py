@@ -67,6 +67,7 @@ class BenchmarkConfig:
         min_rounds, max_rounds: Bounds on the number of interleaved rounds.
         threads: Intra-op threads (default: every core).
         extras: Also measure peak memory, load, import and compile times (several subprocesses).
+        dtypes: Which variants to time besides the baseline: ``"fp32"``, ``"bf16"``, ``"int8"``.
     """
 
     models: Sequence[str] = ("resnet50", "vgg19", "googlenet_v1", "inception_v3")
@@ -78,6 +79,7 @@ class BenchmarkConfig:
     max_rounds: int = 15
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     extras: bool = True
+    dtypes: Sequence[str] = ("fp32", "bf16", "int8")
 
 
 # ----------------------------------------------------------------------------- variants
@@ -135,8 +137,72 @@ def _models(arch: str) -> tuple[nn.Module, nn.Module, nn.Module | None, torch.Te
     return tv, ours, timm_model, example
 
 
-def build_variants(arch: str, with_compile: bool, only: Sequence[str] | None = None) -> dict[str, Runner]:
-    """Every way of running ``arch`` the benchmark compares (or just those in ``only``), by name."""
+# torchvision's post-training-quantizable models (x86 engine), by our architecture name.
+_TV_QUANTIZED = {"resnet50": "resnet50", "googlenet_v1": "googlenet", "inception_v3": "inception_v3"}
+CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 4, 8
+
+
+def variant_dtype(variant: str) -> str:
+    """``"int8"``, ``"bf16"`` or ``"fp32"``: what a variant computes in, from its name."""
+    return next((d for d in ("int8", "bf16") if d in variant), "fp32")
+
+
+def _calibration(model: nn.Module, example: torch.Tensor | None) -> list[torch.Tensor]:
+    """The calibration batches every int8 variant shares: the digits at the workload's input size."""
+    from backbones.data.calibration import calibration_batches
+
+    size = example.shape[-1] if example is not None else model.pretrained_cfg["input_size"][-1]
+    batches = calibration_batches(
+        model, "digits", batches=CALIBRATION_BATCHES, batch_size=CALIBRATION_BATCH_SIZE, image_size=size
+    )
+    if example is not None and example.shape[-2] != example.shape[-1]:  # FPN workloads are not square
+        batches = [nn.functional.interpolate(b, size=example.shape[-2:], mode="bilinear") for b in batches]
+    return batches
+
+
+def _torchvision_quantized(arch: str, tv: nn.Module, calibration: list[torch.Tensor]) -> nn.Module:
+    """torchvision's quantizable ``arch`` with ``tv``'s weights, quantized as torchvision does
+    (fused modules, the x86 engine's default qconfig, eager-mode prepare/convert) on ``calibration``."""
+    import warnings
+
+    import torchvision.models.quantization as tvq
+    from torch.ao.quantization import convert, get_default_qconfig, prepare
+
+    from backbones.runtime.quantize import quantized_engine
+
+    engine = quantized_engine()
+    options = {"aux_logits": False, "init_weights": False} if arch != "resnet50" else {}
+    model = getattr(tvq, _TV_QUANTIZED[arch])(weights=None, quantize=False, **options).eval()
+    model.load_state_dict(tv.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fuse_model(is_qat=False)
+        model.qconfig = get_default_qconfig(engine)
+        prepare(model, inplace=True)
+        with torch.no_grad():
+            for batch in calibration:
+                model(batch)
+        return convert(model, inplace=True)
+
+
+def _onnxruntime_int8(ours: nn.Module, calibration: list[torch.Tensor], folder: Path) -> Runner:
+    """Our model exported to int8 QDQ ONNX (``export(dtype="int8")``), run by onnxruntime's CPU provider."""
+    import onnxruntime
+
+    from backbones.runtime.export import export
+
+    path = export(ours, folder / "int8.onnx", dtype="int8", calibration=calibration, dynamic_size=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})
+
+
+def build_variants(
+    arch: str, with_compile: bool, only: Sequence[str] | None = None, dtypes: Sequence[str] = ("fp32", "bf16", "int8")
+) -> dict[str, Runner]:
+    """Every way of running ``arch`` the benchmark compares (or just those in ``only``, or of ``dtypes``), by name."""
     from backbones.runtime.optimize import optimize
 
     tv, ours, timm_model, example = _models(arch)
@@ -158,7 +224,18 @@ def build_variants(arch: str, with_compile: bool, only: Sequence[str] | None = N
         factories["ours compiled bf16"] = lambda: optimize(
             ours, dtype=torch.bfloat16, compile=True, example_input=example
         )
-    return {name: make() for name, make in factories.items() if only is None or name in only}
+    if "int8" in dtypes:
+        calibration = _calibration(ours, example)
+        factories["ours int8"] = lambda: optimize(ours, dtype="int8", calibration=calibration)
+        if arch in _TV_QUANTIZED:
+            factories["torchvision quantized int8"] = lambda: _torchvision_quantized(arch, tv, calibration)
+        folder = Path(tempfile.mkdtemp(prefix="backbones-bench-"))  # the session keeps the file open
+        factories["onnxruntime int8"] = lambda: _onnxruntime_int8(ours, calibration, folder)
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # oneDNN's bf16 kernels need AVX-512 (bw, vl, dq) or AVX-NE-CONVERT; ours cannot run here.
+        factories = {n: f for n, f in factories.items() if not (n.startswith("ours") and variant_dtype(n) == "bf16")}
+    wanted = [n for n in factories if (only is None or n in only) and (n == BASELINE or variant_dtype(n) in dtypes)]
+    return {name: factories[name]() for name in wanted}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -320,6 +397,73 @@ def compile_times(threads: int) -> dict[str, float]:
     return results
 
 
+def conv_ceiling(threads: int, repeats: int = 7) -> dict[str, float]:
+    """GFLOP/s of one 3x3 convolution, 256 -> 256 channels on [8, 256, 56, 56] channels-last, per dtype:
+    the rate the optimized paths work under on this machine (oneDNN fp32/bf16, the x86 int8 engine)."""
+    import torch.ao.nn.quantized as nnq
+
+    from backbones.runtime.quantize import quantized_engine
+
+    torch.set_num_threads(threads)
+    x = torch.randn(8, 256, 56, 56).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
+    quantized_engine()
+    int8 = nnq.Conv2d(256, 256, 3, padding=1)
+    int8.set_weight_bias(
+        torch.quantize_per_channel(
+            conv.weight.detach(), torch.full((256,), 0.01), torch.zeros(256, dtype=torch.long), 0, torch.qint8
+        ),
+        None,
+    )
+    int8.scale, int8.zero_point = 0.05, 0
+    runs = {
+        "fp32": (conv, x),
+        "bf16": (copy.deepcopy(conv).bfloat16(), x.bfloat16()),
+        "int8": (int8, torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)),
+    }
+    flops = 2 * 8 * 256 * 256 * 9 * 56 * 56
+    rates = {}
+    with torch.inference_mode():
+        for dtype, (layer, inputs) in runs.items():
+            layer(inputs)
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                layer(inputs)
+                samples.append(time.perf_counter() - start)
+            rates[dtype] = flops / statistics.median(samples) / 1e9
+    return rates
+
+
+def model_macs(arch: str, size: tuple[int, int]) -> int:
+    """Multiply-adds of one image through ``arch`` at ``size`` (torch's flop counter, via summary)."""
+    from backbones.apps.analysis import summary
+    from backbones.models.factory import create_model
+
+    options = {"aux_logits": False} if arch in {"googlenet_v1", "inception_v3"} else {}
+    return summary(create_model(arch, **options).eval(), (1, 3, *size)).total_macs
+
+
+def model_sizes(arch: str = "resnet50") -> dict[str, float]:
+    """MB of ``arch``'s weights as saved: fp32 and int8 state dicts (torch.save), the int8 ONNX file."""
+    import io
+
+    def saved(module: nn.Module) -> float:
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        return buffer.tell() / 1e6
+
+    variants = build_variants(
+        arch, with_compile=False, only=["ours eager fp32", "ours int8", "torchvision quantized int8"]
+    )
+    sizes = {name: saved(model.network if hasattr(model, "network") else model) for name, model in variants.items()}
+    folder = Path(tempfile.mkdtemp(prefix="backbones-size-"))
+    _, ours, _, example = _models(arch)
+    _onnxruntime_int8(ours, _calibration(ours, example)[:1], folder)
+    sizes["onnxruntime int8 (.onnx file)"] = (folder / "int8.onnx").stat().st_size / 1e6
+    return sizes
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -333,13 +477,15 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
         for batch in config.batches:
             workload = f"{arch} batch {batch} {size}x{size}"
             log(workload)
-            variants = build_variants(arch, with_compile=batch in config.compile_batches)
+            variants = build_variants(arch, with_compile=batch in config.compile_batches, dtypes=config.dtypes)
             measurements += time_interleaved(workload, variants, torch.randn(batch, 3, size, size), config, log)
             del variants
     for height, width in config.fpn_sizes:
         workload = f"resnet50_fpn batch 1 {height}x{width}"
         log(workload)
-        variants = build_variants("resnet50_fpn", with_compile=(height, width) == tuple(config.fpn_sizes[0]))
+        variants = build_variants(
+            "resnet50_fpn", with_compile=(height, width) == tuple(config.fpn_sizes[0]), dtypes=config.dtypes
+        )
         measurements += time_interleaved(workload, variants, torch.randn(1, 3, height, width), config, log)
         del variants
     results: dict[str, Any] = {
@@ -347,17 +493,28 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
         "config": config,
         "environment": environment(config.threads),
     }
+    if "int8" in config.dtypes:
+        log("resnet50 sizes as saved")
+        results["model_mb"] = model_sizes("resnet50")
+    log("3x3 convolution ceiling and multiply-adds")
+    results["conv_gflops"] = conv_ceiling(config.threads)
+    results["macs"] = {
+        arch: model_macs(arch, (299, 299) if arch == "inception_v3" else (224, 224)) for arch in config.models
+    }
+    results["macs"].update({f"resnet50_fpn {h}x{w}": model_macs("resnet50_fpn", (h, w)) for h, w in config.fpn_sizes})
     if config.extras:
         log("memory")
         names = [BASELINE, "torchvision channels_last", "ours eager fp32", "ours optimized fp32", "ours optimized bf16"]
+        names += [] if "int8" not in config.dtypes else ["ours int8", "torchvision quantized int8"]
         results["memory_mib"] = {
             "resnet50 batch 8 224x224": peak_memory("resnet50", 8, (224, 224), names, config.threads),
-            "resnet50_fpn batch 1 800x1344": peak_memory("resnet50_fpn", 1, (800, 1344), names, config.threads),
+            "resnet50_fpn batch 1 800x1344": peak_memory("resnet50_fpn", 1, (800, 1344), names[:-1], config.threads),
         }
         log("load, import and compile times")
         results.update(
             load_seconds=load_times(), import_seconds=import_times(), compile_seconds=compile_times(config.threads)
         )
+
     return results
 
 
@@ -483,11 +640,83 @@ def write_report(results: dict[str, Any], markdown: Path, plot: Path | None = No
                 ]
                 cells.append(f"{rows[0].images_per_second:.1f}" if rows else "")
             lines.append(f"| {arch} | {variant} | " + " | ".join(cells) + " |")
+    lines += _int8_section(results)
     if "memory_mib" in results:
         lines += _extras(results)
     if plot is not None and _plot(measurements, plot):
         lines += ["", f"![speed-ups over torchvision eager fp32]({plot.name})"]
     atomic_write_text(markdown, "\n".join(lines) + "\n")
+
+
+# Issue 15's int8 targets: (workload prefix, int8 variant, compared with, minimum ratio).
+INT8_TARGETS = (
+    ("resnet50 batch 8 ", "ours int8", "torchvision quantized int8", 1.0),
+    ("resnet50 batch 8 ", "ours int8", "ours optimized bf16", 1.8),
+    ("googlenet_v1 batch 8 ", "ours int8", "torchvision quantized int8", 1.0),
+    ("inception_v3 batch 8 ", "ours int8", "torchvision quantized int8", 1.0),
+    ("vgg19 batch 8 ", "ours int8", "ours optimized bf16", 1.8),
+    ("resnet50_fpn ", "ours int8", "ours optimized bf16", 1.8),
+)
+# Shown beside the targets (no target of their own): int8 over our fp32 path and over onnxruntime's int8.
+INT8_CONTEXT = (("ours int8", "ours optimized fp32"), ("ours int8", "onnxruntime int8"))
+
+
+def _median(measurements: list[Measurement], workload: str, variant: str) -> float | None:
+    return next((m.median for m in measurements if m.workload == workload and m.variant == variant), None)
+
+
+def _int8_section(results: dict[str, Any]) -> list[str]:
+    """int8 targets (speed-up of one variant over another in the same run), batch-1 latency, the
+    3x3-convolution ceiling with each optimized path's share of it, and model sizes."""
+    measurements: list[Measurement] = results["measurements"]
+    workloads = list(dict.fromkeys(m.workload for m in measurements))
+    lines = ["", "## int8 (issue 15)", "", "| workload | variant | over | target | measured | met |"]
+    lines.append("| --- | --- | --- | ---: | ---: | --- |")
+    for prefix, variant, other, target in INT8_TARGETS:
+        for workload in (w for w in workloads if w.startswith(prefix)):
+            fast, slow = _median(measurements, workload, variant), _median(measurements, workload, other)
+            if fast and slow:
+                measured = slow / fast
+                met = "yes" if measured >= target else "NO"
+                lines.append(f"| {workload} | {variant} | {other} | >= {target} | {measured:.2f} | {met} |")
+            elif fast and other == "ours optimized bf16":
+                lines.append(f"| {workload} | {variant} | {other} | >= {target} | not run | CPU lacks oneDNN bf16 |")
+    for workload in (w for w in workloads if _median(measurements, w, "ours int8")):
+        for variant, other in INT8_CONTEXT:
+            fast, slow = _median(measurements, workload, variant), _median(measurements, workload, other)
+            if fast and slow:
+                lines.append(f"| {workload} | {variant} | {other} | (none) | {slow / fast:.2f} | |")
+    lines += ["", "### Batch-1 latency (median ms)", "", "| workload | variant | ms |", "| --- | --- | ---: |"]
+    for m in measurements:
+        if m.batch == 1:
+            lines.append(f"| {m.workload} | {m.variant} | {m.median * 1e3:.1f} |")
+    if "conv_gflops" in results:
+        rates = results["conv_gflops"]
+        lines += [
+            "",
+            "### Share of the 3x3-convolution ceiling",
+            "",
+            "Ceiling: one 3x3 convolution, 256 -> 256 channels on [8, 256, 56, 56] channels-last, per dtype: "
+            + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in rates.items())
+            + ". Each path's rate is 2 x multiply-adds x batch / median time.",
+            "",
+            "| workload | variant | GFLOP/s | share of its dtype's ceiling |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        for m in measurements:
+            if m.variant not in ("ours optimized fp32", "ours optimized bf16", "ours int8"):
+                continue
+            arch = m.workload.split(" batch ")[0]
+            key = f"{arch} {m.workload.rsplit(' ', 1)[-1]}" if arch == "resnet50_fpn" else arch
+            macs = results.get("macs", {}).get(key)
+            if macs:
+                rate = 2 * macs * m.batch / m.median / 1e9
+                share = rate / rates[variant_dtype(m.variant)]
+                lines.append(f"| {m.workload} | {m.variant} | {rate:.0f} | {share:.2f} |")
+    if "model_mb" in results:
+        lines += ["", "### resnet50 weights as saved (MB)", "", "| form | MB |", "| --- | ---: |"]
+        lines += [f"| {name} | {mb:.1f} |" for name, mb in results["model_mb"].items()]
+    return lines
 
 
 def _extras(results: dict[str, Any]) -> list[str]:

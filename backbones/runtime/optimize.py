@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_map
 
 from backbones.core.inputs import check_image_batch
 from backbones.runtime.fusion import folded_copy, fuse_conv_pointwise, mkldnn_fusion_available
-from backbones.runtime.quantize import QuantizationReport, quantize_int8
+from backbones.runtime.quantize import QuantizationReport, drop_traced_weight_checks, quantize_int8
 
 __all__ = ["OptimizedModel", "optimize"]
 
@@ -167,6 +167,7 @@ def optimize(
     if calibration is not None:
         raise ValueError(f"calibration is only used with dtype='int8', not {dtype}")
     network, folded = folded_copy(model, class_name=f"Optimized{type(model).__name__}")
+    network = drop_traced_weight_checks(network)
     network = network.requires_grad_(False).to(dtype=dtype, memory_format=torch.channels_last)
     example = None
     if example_input is not None:

@@ -30,7 +30,14 @@ from torch import Tensor
 from backbones.core.inputs import check_image_batch
 from backbones.runtime.fusion import folded_copy
 
-__all__ = ["QuantizationReport", "calibration_tensors", "cpu_has_vnni", "quantize_int8", "quantized_engine"]
+__all__ = [
+    "QuantizationReport",
+    "calibration_tensors",
+    "cpu_has_vnni",
+    "drop_traced_weight_checks",
+    "quantize_int8",
+    "quantized_engine",
+]
 
 # Why an operation the graph contains is left in float32, by the kind of operation.
 _FLOAT_REASONS = {
@@ -168,6 +175,23 @@ def _float_operations(network: torch.fx.GraphModule) -> dict[str, str]:
     return floats
 
 
+def drop_traced_weight_checks(network: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Remove the weight a traced input check compares the input's dtype with.
+
+    A model's own ``check_image_batch`` may take one of its weights to check the input's dtype;
+    traced, that is a ``get_attr`` of a convolution's weight, which no longer exists once the
+    convolution is fused or quantized. The optimized model checks its input itself and converts
+    it to the dtype its network runs in, so the traced check keeps its other checks only.
+    """
+    for node in network.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "__name__", "") == "check_image_batch":
+            node.args = node.args[:3]
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "weight"}
+    network.graph.eliminate_dead_code()
+    network.recompile()
+    return network
+
+
 def _int8_layer_count(network: nn.Module) -> int:
     from torch.ao.nn import intrinsic as nni
     from torch.ao.nn import quantized as nnq
@@ -203,7 +227,7 @@ def quantize_int8(model: nn.Module, calibration: Tensor | Iterable) -> tuple[tor
 
     batches = calibration_tensors(calibration, getattr(model, "in_chans", 3), getattr(model, "min_input_size", 1))
     engine = quantized_engine()
-    network, _ = folded_copy(model)
+    network = drop_traced_weight_checks(folded_copy(model)[0])
     with warnings.catch_warnings():
         # torch.ao.quantization and quantized tensors announce their deprecation (the move to
         # torchao) on every call; they are what this torch ships, and the tests check the result.
