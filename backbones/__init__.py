@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from backbones.data.calibration import calibration_batches
     from backbones.data.transforms import transforms_for
     from backbones.hub.download import WeightsError, WeightsIntegrityError, WeightsUnavailableError
-    from backbones.hub.loading import WeightsMismatchError
+    from backbones.hub.loading import ClassCountMismatchError, WeightsFileError, WeightsMismatchError
     from backbones.hub.manifest import register_weights
     from backbones.models.backbone import Backbone
     from backbones.models.extractor import FeatureExtractor
@@ -71,6 +71,7 @@ __all__ = [
     "BackboneWithFPN",
     "BasicBlock",
     "Bottleneck",
+    "ClassCountMismatchError",
     "ExportError",
     "FeatureExtractor",
     "FeatureInfo",
@@ -83,6 +84,7 @@ __all__ = [
     "ResNet",
     "UnknownModelError",
     "WeightsError",
+    "WeightsFileError",
     "WeightsIntegrityError",
     "WeightsMismatchError",
     "WeightsUnavailableError",
