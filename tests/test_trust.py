@@ -194,6 +194,13 @@ def test_converted_weights_load_offline_after_their_source_left_the_cache(
     _assert_holds(backbones.create_model("resnet18", pretrained="gone", progress=False), resnet18_state)
 
 
+def test_hub_weights_registered_without_a_file_name_are_read_natively(resnet18_state, hub_server, caches) -> None:
+    _publish_native(hub_server, "tester/default-name", resnet18_state)
+    register_weights("resnet18.defaultname", hf_hub_id="tester/default-name")  # model.safetensors by default
+    _assert_holds(backbones.create_model("resnet18", pretrained="defaultname", progress=False), resnet18_state)
+    assert not Path(caches["BACKBONES_CACHE"], "converted").exists()  # safetensors in our layout: no copy
+
+
 # ----------------------------------------------------------------------------- defect 3: a wrong converted file
 
 

@@ -198,7 +198,8 @@ def load_spec_state_dict(spec: WeightSpec, progress: bool = True) -> dict[str, T
 
 def _load_spec_state_dict(spec: WeightSpec, progress: bool) -> tuple[dict[str, Tensor], Path | None]:
     """The weights, and the converted cache file they came from (``None`` when read from the source)."""
-    native = spec.layout == "torchvision" and Path(spec.hf_hub_filename or spec.url or "").suffix == ".safetensors"
+    source_name = (spec.hf_hub_filename or "model.safetensors") if spec.hf_hub_id else (spec.url or "")
+    native = spec.layout == "torchvision" and Path(source_name).suffix == ".safetensors"
     if native:
         return _read_or_remove(_fetch(spec, progress), spec.name), None
     converted = converted_cache_path(spec)
