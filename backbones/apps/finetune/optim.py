@@ -35,11 +35,11 @@ def build_optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Opt
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
-    """The learning-rate factor at ``step``: linear from 1/warmup to 1, then cosine down to 0.
+    """The learning-rate factor at ``step``: linear from 1/warmup to 1, then a cosine toward 0.
 
     Example:
         >>> [round(warmup_cosine(s, 10, 2), 3) for s in (0, 1, 2, 6, 9)]
-        [0.5, 1.0, 1.0, 0.5, 0.024]
+        [0.5, 1.0, 1.0, 0.5, 0.038]
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -57,7 +57,7 @@ class _WarmupCosine:
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps_per_epoch: int) -> LambdaLR:
-    """Per-step schedule: ``warmup_epochs`` of linear warmup, then cosine to 0 at the last step."""
+    """Per-step schedule: ``warmup_epochs`` of linear warmup, then a cosine that ends near 0 at the last step."""
     total = config.epochs * steps_per_epoch
     warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
     return LambdaLR(optimizer, _WarmupCosine(total, warmup))
