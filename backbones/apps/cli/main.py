@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from backbones.apps.cli import catalogue, export, extract, images, weights
+from backbones.apps.cli import catalogue, export, extract, finetune, images, weights
 from backbones.apps.cli.options import check_output_folder, parse_size, positive_float, positive_int
 from backbones.core.version import __version__
 
@@ -22,7 +22,7 @@ __all__ = ["build_parser", "main"]
 
 # Command modules (add_commands(command) registers their sub-commands); they import only argparse
 # and the standard library at module level, so `--help` stays fast.
-_COMMAND_MODULES: tuple[Any, ...] = (catalogue, images, weights, export, extract)
+_COMMAND_MODULES: tuple[Any, ...] = (catalogue, images, weights, export, extract, finetune)
 
 # Exit status of a process killed by SIGPIPE in a shell (128 + 13): what `yes | head` reports.
 _BROKEN_PIPE_STATUS = 141
