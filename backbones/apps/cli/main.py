@@ -122,7 +122,11 @@ def _add_bench_and_demo(command: Any) -> None:
         help="folder for RESULTS.md and the plot (benchmarks/bench.py writes the committed benchmarks/RESULTS.md)",
     )
 
-    cmd = command("demo", "the main job: resnet50_fpn through torch.hub on a sample image", _cmd_demo)
+    cmd = command(
+        "demo",
+        "the main job: fine-tune resnet18 on the digits, then resnet50_fpn through torch.hub on a sample image",
+        _cmd_demo,
+    )
     cmd.add_argument("--out", default="demo_out", help="folder for the demo's pictures")
 
 
