@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backbones.models.inception import AUX_LOSS_WEIGHT, GoogLeNetOutputs, InceptionOutputs, InputRenormalize, googlenet_loss
 from torch import nn
 
 import backbones
+from backbones.models.inception import (
+    AUX_LOSS_WEIGHT,
+    GoogLeNetOutputs,
+    InceptionOutputs,
+    InputRenormalize,
+    googlenet_loss,
+)
 
 from .helpers import fresh_model, meta_model, relative_max_diff
 

@@ -143,7 +143,7 @@ def module_stages(model: nn.Module) -> dict[str, int]:
     """Map each module the trunk runs to the index of the ``feature_info`` stage it belongs to.
 
     A stage owns the modules that run after the previous stage's output up to its own; this
-    is what "train only the last k stages" freezes by (see ``backbones.fpn.fpn_backbone``).
+    is what "train only the last k stages" freezes by (see ``backbones.models.fpn.fpn_backbone``).
 
     Example:
         >>> module_stages(backbones.create_model("resnet50"))

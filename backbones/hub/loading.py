@@ -1,6 +1,6 @@
 """Reading weight files and loading them into a model: verification, conversion, caching, fitting.
 
-A spec's file is fetched (:mod:`backbones.download`), read without unpickling (safetensors, or
+A spec's file is fetched (:mod:`backbones.hub.download`), read without unpickling (safetensors, or
 ``torch.load(weights_only=True)``), converted to our key layout, cached as safetensors when it
 was not already, and loaded with ``strict=True`` after the differences a user can act on (class
 count, input channels, heads the model chose not to build) are resolved or explained.

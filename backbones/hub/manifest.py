@@ -1,7 +1,7 @@
 """Pretrained weights: the manifest of ``arch.tag`` specs and the preprocessing config they imply.
 
-Fetching lives in :mod:`backbones.download`, reading and loading into a model in
-:mod:`backbones.loading`.
+Fetching lives in :mod:`backbones.hub.download`, reading and loading into a model in
+:mod:`backbones.hub.loading`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _PREPROCESSING_KEYS = ("input_size", "resize_size", "crop_size", "interpolation"
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One entry of the weight manifest (``backbones/data/weights.json``).
+    """One entry of the weight manifest (``backbones/hub/weights.json``).
 
     Attributes:
         name: ``arch.tag``, e.g. ``"resnet50.tv2_in1k"``.

@@ -27,7 +27,7 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
 
 
 def render_model_card(config: dict[str, Any]) -> str:
-    """Render a model card from a ``config.json`` dictionary (see ``backbones.hub``)."""
+    """Render a model card from a ``config.json`` dictionary (see ``backbones.models.pretrained``)."""
     arch = config["architecture"]
     cfg = config.get("pretrained_cfg") or {}
     license_name = cfg.get("license") or "other"

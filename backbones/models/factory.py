@@ -133,7 +133,7 @@ def create_model(
             A tag selects that weight's preprocessing config, and its weights when ``pretrained``.
         pretrained: ``False``; ``True`` (the tag in the name, else the default tag); a tag;
             or a path to a ``.safetensors`` / ``.pth`` file or a folder made by ``save_pretrained``.
-        features_only: Return a :class:`~backbones.features.FeatureExtractor` whose forward gives
+        features_only: Return a :class:`~backbones.models.extractor.FeatureExtractor` whose forward gives
             an ``OrderedDict`` of stage outputs instead of logits.
         out_indices: With ``features_only``: which stages of ``model.feature_info`` to return.
         progress: Show a progress bar while downloading weights.

@@ -1,6 +1,6 @@
 """Feature Pyramid Network (Lin et al., 2017) on top of any registered classification backbone.
 
-The bottom-up path is the backbone's stages C2..C5 (a :class:`~backbones.features.FeatureExtractor`).
+The bottom-up path is the backbone's stages C2..C5 (a :class:`~backbones.models.extractor.FeatureExtractor`).
 The top-down path starts from a 1x1 lateral on C5 (M5), upsamples it by nearest neighbour to
 the exact size of the next lateral (so odd input sizes work), adds it element-wise to the 1x1
 lateral of C4, and so on down to C2; a 3x3 convolution smooths each merged map into P2..P5.

@@ -6,7 +6,7 @@ per-depth configuration; the network is three Sequential blocks, ``features`` (t
 convolutions), ``avgpool`` (adaptive, to 7x7, so any input of at least 32x32 works) and
 ``classifier`` (three fully connected layers). Keys are torchvision's (``features.N``,
 ``classifier.N``); timm's layout (a convolutional head) converts through
-:mod:`backbones.convert`.
+:mod:`backbones.hub.convert`.
 """
 
 from __future__ import annotations
