@@ -120,13 +120,20 @@ def _set_submodule(gm: nn.Module, target: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, name, module)
 
 
-def mkldnn_fusion_available() -> bool:
-    """Whether this PyTorch build has oneDNN and its fused convolution kernels."""
-    return (
+def mkldnn_fusion_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build and this CPU run oneDNN's fused convolution kernels in ``dtype``.
+
+    oneDNN's bfloat16 kernels need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on a CPU without them
+    (an AVX2-only Zen 3, say) bfloat16 runs on PyTorch's own kernels, unfused.
+    """
+    available = (
         torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
         and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
     )
+    if available and dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return available
 
 
 class FusedConv2d(nn.Module):
