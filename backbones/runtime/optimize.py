@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -97,7 +98,9 @@ class OptimizedModel(nn.Module):
         with torch.inference_mode():
             x = x.to(dtype=self.input_dtype, memory_format=torch.channels_last)
             out = self.network(x)
-        return tree_map(lambda t: t.to(out_dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, out)
+        out = tree_map(lambda t: t.to(out_dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, out)
+        # The traced graph builds a plain dict where the model returns an OrderedDict (extractors, FPNs).
+        return OrderedDict(out) if type(out) is dict else out
 
     def train(self, mode: bool = True) -> OptimizedModel:
         if mode:
