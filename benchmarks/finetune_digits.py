@@ -125,7 +125,9 @@ def svc_baseline(seed: int = 0) -> float:
     return float((classifier.predict(flat[val]) == labels[val].numpy()).mean())
 
 
-def write_report(results: dict[str, dict], svc: float, load: str, threads: int | None) -> None:
+def write_report(
+    results: dict[str, dict], svc: float, load: str, threads: int | None, unfinished: list[str] | None = None
+) -> None:
     lines = [
         "# Fine-tuning on the digits (issue 13)",
         "",
@@ -158,7 +160,14 @@ def write_report(results: dict[str, dict], svc: float, load: str, threads: int |
         "times are noisy (see the load average above); accuracies do not depend on it.",
         "",
     ]
+    if unfinished:
+        lines += [f"Not finished when this report was written (left out above): {', '.join(unfinished)}.", ""]
     atomic_write_text(REPORT, "\n".join(lines))
+
+
+def _write(results: dict, svc: float, before: tuple, threads: int | None, unfinished: list[str]) -> None:
+    load = f"Load average (1 min) {before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the last update."
+    write_report(results, svc, load, threads, unfinished)
 
 
 def main() -> int:
@@ -173,6 +182,7 @@ def main() -> int:
     args = parser.parse_args()
     svc = svc_baseline()
     results: dict[str, dict] = {}
+    unfinished: list[str] = []
     before = os.getloadavg()
     for name in args.only or list(RUNS):
         model, processes, seeds, options, target, what = RUNS[name]
@@ -182,6 +192,7 @@ def main() -> int:
             folder = args.work / f"{name}-seed{seed}"
             records = run_once(model, processes, seed, options, folder, not args.report_only, args.threads)
             if not records:
+                unfinished.append(f"{name} seed {seed}")
                 continue
             top1.append(records[-1]["val_top1"])
             seconds += [r["seconds"] for r in records]
@@ -202,9 +213,8 @@ def main() -> int:
             "seconds": statistics.median(seconds),
             "per_process": statistics.median(per_process),
         }
-        after = os.getloadavg()
-        load = f"Load average (1 min) {before[0]:.1f} at the start, {after[0]:.1f} at the last update."
-        write_report(results, svc, load, args.threads)
+        _write(results, svc, before, args.threads, unfinished)
+    _write(results, svc, before, args.threads, unfinished)
     print(f"wrote {REPORT}")
     return 0
 
