@@ -178,7 +178,7 @@ def optimize(
     fused = 0
     if compile:
         network = torch.compile(network, options={"freezing": True})
-    elif mkldnn_fusion_available() and next(iter([*network.parameters(), torch.empty(0)])).device.type == "cpu":
+    elif mkldnn_fusion_available(dtype) and next(iter([*network.parameters(), torch.empty(0)])).device.type == "cpu":
         fused = fuse_conv_pointwise(network, example)
     result = OptimizedModel(network, model, dtype, compiled=compile)
     result.folded_norms, result.fused_convolutions = folded, fused
