@@ -196,11 +196,11 @@ _BAD_ARGUMENTS = {
     "pretrained_0": (("resnet18",), {"pretrained": 0}, r"pretrained must be True/False.*got 0 \(int\)"),
     "pretrained_1": (("resnet18",), {"pretrained": 1}, r"got 1 \(int\)"),
     "pretrained_empty": (("resnet18",), {"pretrained": ""}, "pretrained='' names nothing"),
-    "num_classes_negative": (("resnet18",), {"num_classes": -1}, "num_classes must be from 0"),
+    "num_classes_negative": (("resnet18",), {"num_classes": -1}, "num_classes must be between 0"),
     "num_classes_text": (("resnet18",), {"num_classes": "10"}, r"num_classes must be an int.*\(str\)"),
     "num_classes_bool": (("resnet18",), {"num_classes": True}, r"\(bool\)"),
-    "in_chans_zero": (("resnet18",), {"in_chans": 0}, "in_chans must be from 1"),
-    "fpn_out_channels_zero": (("resnet18_fpn",), {"out_channels": 0}, "out_channels must be from 1"),
+    "in_chans_zero": (("resnet18",), {"in_chans": 0}, "in_chans must be between 1"),
+    "fpn_out_channels_zero": (("resnet18_fpn",), {"out_channels": 0}, "out_channels must be between 1"),
     "out_indices_int": (("resnet18",), {"features_only": True, "out_indices": 5}, "sequence of stage indices"),
 }
 

@@ -25,7 +25,7 @@ def _integer(low: int, high: int) -> Callable[[str, Any], str | None]:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             return f"{name} must be an int from {low} to {high:,}, got {value!r} ({type(value).__name__})"
         if not low <= value <= high:
-            return f"{name} must be from {low} to {high:,}, got {value}"
+            return f"{name} must be between {low} and {high:,}, got {value}"
         return None
 
     return check
@@ -100,7 +100,7 @@ def check_model_options(options: Mapping[str, Any], *, source: str | None = None
         >>> check_model_options({"num_classes": -1})
         Traceback (most recent call last):
         ...
-        ValueError: num_classes must be from 0 to 100,000, got -1
+        ValueError: num_classes must be between 0 and 100,000, got -1
     """
     where = f"{source}: " if source else ""
     for name, value in options.items():
