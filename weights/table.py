@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from backbones.apps.zoo import replace_between
 from backbones.hub.manifest import WeightSpec, get_weight_spec, weight_names
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -55,11 +56,7 @@ def render_table() -> str:
 
 def with_table(readme_text: str, table: str) -> str:
     """``readme_text`` with the part between the markers replaced by ``table``."""
-    if BEGIN not in readme_text or END not in readme_text:
-        raise ValueError(f"{README} lacks the table markers {BEGIN!r} ... {END!r}")
-    head, rest = readme_text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+    return replace_between(readme_text, BEGIN, END, table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,17 +69,24 @@ def render_zoo_table() -> str:
     return "\n".join(lines)
 
 
-def with_zoo_table(text: str, table: str) -> str:
-    """``text`` with the part between :data:`BEGIN` and :data:`END` replaced by ``table``.
+def replace_between(text: str, begin: str, end: str, content: str) -> str:
+    """``text`` with what stands between the marker lines ``begin`` and ``end`` replaced by ``content``.
+
+    Generated tables (this zoo table, weights/README.md's) live between such markers.
 
     Raises:
-        ValueError: The markers are missing.
+        ValueError: A marker is missing.
     """
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"the text lacks the zoo-table markers {BEGIN!r} ... {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+    if begin not in text or end not in text:
+        raise ValueError(f"the text lacks the markers {begin!r} ... {end!r}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{content}\n{end}{tail}"
+
+
+def with_zoo_table(text: str, table: str) -> str:
+    """``text`` with the part between :data:`BEGIN` and :data:`END` replaced by ``table``."""
+    return replace_between(text, BEGIN, END, table)
 
 
 def main(argv: list[str] | None = None) -> int:
