@@ -32,11 +32,13 @@ def relative_max_diff(actual: object, expected: object) -> float:
 def test_input_size(model: nn.Module, preferred: int = 64, train: bool = False) -> int:
     """A small square input size the model accepts (its minimum, or ``preferred`` if larger).
 
-    With ``train``, large enough for auxiliary heads that only run in training (Inception v3's).
+    With ``train``, large enough for auxiliary heads that only run in training (Inception v3's), and
+    for a deepest map wider than 1x1: a trainable BatchNorm cannot normalise one value per channel
+    (a batch of one at the minimum size, as torchvision's models too).
     """
     minimum = int(getattr(model, "min_input_size", 1))
     if train:
-        minimum = max(minimum, int(getattr(model, "aux_min_input_size", 0)))
+        minimum = max(minimum, 2 * minimum - 1, int(getattr(model, "aux_min_input_size", 0)))
     return max(minimum, preferred)
 
 
