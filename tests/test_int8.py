@@ -121,7 +121,8 @@ def _finetuned_on_digits(name: str) -> torch.nn.Module:
     strict=False,
     reason=(
         "issue 15 target missed on CPUs without VNNI, where the x86 engine keeps activations to 7 bits: "
-        "after this short fine-tune, with one thread, resnet18 measured fp32 94.7% vs int8 93.1% (1.7 points)"
+        "after this short fine-tune, with one thread, resnet18 measured fp32 94.7% vs int8 93.1% (1.7 points), "
+        "googlenet_v1 88.6% vs 86.7% (1.9)"
     ),
 )
 def test_int8_top1_of_a_digits_finetuned_model_is_within_half_a_point_of_fp32(name: str) -> None:
