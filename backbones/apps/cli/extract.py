@@ -11,20 +11,12 @@ import json
 import os
 from typing import Any
 
+from backbones.apps.cli.options import positive_int
+
 __all__ = ["add_commands"]
 
 # Kept here (not imported from the runner) so that --help does not import torch.
 _DTYPES = ("fp32", "bf16", "int8")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
-    return value
 
 
 def _pretrained(text: str | None) -> bool | str:
@@ -103,7 +95,7 @@ def add_commands(command: Any) -> None:
         "averages a map), or fpn for an _fpn model (default: pooled)",
     )
     cmd.add_argument("--dtype", choices=_DTYPES, default="fp32", help="compute dtype of the fast path (default fp32)")
-    cmd.add_argument("--batch-size", type=_positive, default=64, help="images per forward (default 64)")
+    cmd.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (default 64)")
     cmd.add_argument(
         "--workers",
         type=int,
@@ -115,11 +107,11 @@ def add_commands(command: Any) -> None:
         help="weights for a registered name: a tag, a weights file or folder, or none for random "
         "(default: the tag in the name, else the default weights)",
     )
-    cmd.add_argument("--shard-size", type=_positive, default=1024, help="images per shard (default 1024)")
+    cmd.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard (default 1024)")
     cmd.add_argument(
         "--split", choices=("all", "train", "val"), default="all", help="which images of DATA (default all)"
     )
-    cmd.add_argument("--image-size", type=_positive, help="input height and width (default: the model's crop size)")
+    cmd.add_argument("--image-size", type=positive_int, help="input height and width (default: the model's crop size)")
     cmd.add_argument(
         "--skip-bad-images",
         action="store_true",
@@ -134,7 +126,7 @@ def add_commands(command: Any) -> None:
     )
     cmd.add_argument("features", help="a folder written by `backbones extract` (labelled images)")
     cmd.add_argument("--layer", help="stored layer to probe (default: pooled, else the first)")
-    cmd.add_argument("--k", type=_positive, default=20, help="neighbours of the k-NN vote (default 20)")
+    cmd.add_argument("--k", type=positive_int, default=20, help="neighbours of the k-NN vote (default 20)")
     cmd.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation (default 0.2)")
     cmd.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
     cmd.add_argument("--no-logistic", action="store_true", help="skip the logistic-regression probe (no scikit-learn)")
