@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import pytest
 import torch
+import torch.fx
 import torch.nn.functional as F
 
 import backbones
@@ -13,6 +15,7 @@ from backbones.data.calibration import calibration_batches
 from backbones.data.datasets import open_dataset
 from backbones.runtime.export import ExportError
 from backbones.runtime.quantize import cpu_has_vnni
+from backbones.runtime.quantize_pt2e import separate_shared_modules
 
 from .helpers import flatten_outputs, fresh_model
 
@@ -181,13 +184,51 @@ def test_int8_input_below_the_minimum_size_is_one_clear_error() -> None:
         ({"calibration": []}, "calibration is empty"),
         ({"calibration": [torch.randn(2, 1, 32, 32)]}, "expected 3 input channels"),
         ({"calibration": ["not images"]}, "image tensors"),
-        ({"calibration": torch.randn(2, 3, 32, 32), "compile": True}, "not available with dtype='int8'"),
     ],
-    ids=["missing", "empty", "wrong-channels", "not-tensors", "compile"],
+    ids=["missing", "empty", "wrong-channels", "not-tensors"],
 )
 def test_int8_misuse_is_one_clear_error(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         backbones.optimize(fresh_model("resnet18"), dtype="int8", **options)
+
+
+def test_compiled_int8_takes_the_pt2e_flow_and_meets_the_sqnr_floor_at_any_batch_size() -> None:
+    model = _signal_preserving(fresh_model("resnet18")).eval()
+    calibration = _digits(model, "train", batches=2, batch_size=4)
+    held_out = _digits(model, "val", batches=1, batch_size=4)[0]
+    fast = backbones.optimize(model, dtype="int8", compile=True, calibration=calibration)
+    with torch.no_grad():
+        expected = model(held_out)
+    assert sqnr_db(expected, fast(held_out)) >= ACTIVATION_FLOOR_DB
+    assert sqnr_db(expected[:3], fast(held_out[:3])) >= ACTIVATION_FLOOR_DB  # batch size is dynamic
+    assert fast.compiled and "pt2e" in fast.quantization.engine
+    assert fast.int8_layers == _trunk_layers(model) and fast.float_layers == {}
+
+
+def test_compiled_int8_without_torchao_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in sys.modules if n == "torchao" or n.startswith("torchao.")] or ["torchao"]:
+        monkeypatch.setitem(sys.modules, name, None)  # import torchao now raises ImportError
+    with pytest.raises(RuntimeError, match=r"torchao.*pip install torchao"):
+        backbones.optimize(fresh_model("resnet18"), dtype="int8", compile=True, calibration=torch.randn(2, 3, 32, 32))
+
+
+def test_a_module_called_twice_gets_a_copy_per_call_for_the_pt2e_quantizer() -> None:
+    class TwoCalls(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 1)
+            self.relu = torch.nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.conv(self.relu(x)))
+
+    network = torch.fx.symbolic_trace(TwoCalls())
+    x = torch.randn(1, 3, 4, 4)
+    expected = network(x)
+    assert separate_shared_modules(network) == 1
+    calls = [node.target for node in network.graph.nodes if node.op == "call_module"]
+    assert len(calls) == len(set(calls)) == 3
+    torch.testing.assert_close(network(x), expected)
 
 
 def test_calibration_is_refused_for_float_dtypes() -> None:

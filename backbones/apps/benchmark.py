@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from backbones.runtime.quantize_pt2e import torchao_available
+
 __all__ = ["BenchmarkConfig", "Measurement", "plot_workloads", "run_benchmarks", "variant_colours", "write_report"]
 
 BASELINE = "torchvision eager fp32"
@@ -199,6 +201,13 @@ def _onnxruntime_int8(ours: nn.Module, calibration: list[torch.Tensor], folder: 
     return lambda x: session.run(None, {name: x.numpy()})
 
 
+def _warmed(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
+    """``model`` after one call on ``example`` (a compiled network compiles on its first call)."""
+    if example is not None:
+        model(example)
+    return model
+
+
 def build_variants(
     arch: str, with_compile: bool, only: Sequence[str] | None = None, dtypes: Sequence[str] = ("fp32", "bf16", "int8")
 ) -> dict[str, Runner]:
@@ -227,6 +236,10 @@ def build_variants(
     if "int8" in dtypes:
         calibration = _calibration(ours, example)
         factories["ours int8"] = lambda: optimize(ours, dtype="int8", calibration=calibration)
+        if with_compile and torchao_available():
+            factories["ours compiled int8"] = lambda: _warmed(
+                optimize(ours, dtype="int8", compile=True, calibration=calibration), example
+            )
         if arch in _TV_QUANTIZED:
             factories["torchvision quantized int8"] = lambda: _torchvision_quantized(arch, tv, calibration)
         folder = Path(tempfile.mkdtemp(prefix="backbones-bench-"))  # the session keeps the file open
@@ -656,9 +669,17 @@ INT8_TARGETS = (
     ("inception_v3 batch 8 ", "ours int8", "torchvision quantized int8", 1.0),
     ("vgg19 batch 8 ", "ours int8", "ours optimized bf16", 1.8),
     ("resnet50_fpn ", "ours int8", "ours optimized bf16", 1.8),
+    # The pt2e flow (optimize(dtype="int8", compile=True), with torchao) against the same peers.
+    ("resnet50 batch 8 ", "ours compiled int8", "torchvision quantized int8", 1.0),
+    ("googlenet_v1 batch 8 ", "ours compiled int8", "torchvision quantized int8", 1.0),
+    ("inception_v3 batch 8 ", "ours compiled int8", "torchvision quantized int8", 1.0),
 )
 # Shown beside the targets (no target of their own): int8 over our fp32 path and over onnxruntime's int8.
-INT8_CONTEXT = (("ours int8", "ours optimized fp32"), ("ours int8", "onnxruntime int8"))
+INT8_CONTEXT = (
+    ("ours int8", "ours optimized fp32"),
+    ("ours int8", "onnxruntime int8"),
+    ("ours compiled int8", "ours int8"),
+)
 
 
 def _median(measurements: list[Measurement], workload: str, variant: str) -> float | None:
@@ -704,7 +725,7 @@ def _int8_section(results: dict[str, Any]) -> list[str]:
             "| --- | --- | ---: | ---: |",
         ]
         for m in measurements:
-            if m.variant not in ("ours optimized fp32", "ours optimized bf16", "ours int8"):
+            if m.variant not in ("ours optimized fp32", "ours optimized bf16", "ours int8", "ours compiled int8"):
                 continue
             arch = m.workload.split(" batch ")[0]
             key = f"{arch} {m.workload.rsplit(' ', 1)[-1]}" if arch == "resnet50_fpn" else arch

@@ -6,11 +6,11 @@ quantized models run on): weights per-channel symmetric int8, activations uint8 
 found by a histogram observer on the calibration batches (7-bit on CPUs without VNNI, as the
 engine's default; 8-bit where the CPU flags show VNNI). No observers or kernels of our own.
 
-Why FX graph mode and not the pt2e flow (torchao's ``X86InductorQuantizer``): pt2e is not in
-torch itself (it needs the separate torchao package) and only becomes fast through
-``torch.compile`` (a C++ build at first call, minutes for a ResNet-50 on a small CPU), while FX
-graph mode gives eager int8 kernels right after calibration, the same kernels as torchvision's
-quantized models. The graph is traced after BatchNorm folding (``fusion.folded_copy``), so every
+Why FX graph mode is the default and the pt2e flow (torchao's ``X86InductorQuantizer``,
+:mod:`backbones.runtime.quantize_pt2e`) only comes with ``compile=True``: pt2e is not in torch
+itself (it needs the separate torchao package) and only becomes fast through ``torch.compile``
+(a C++ build at the first call), while FX graph mode gives eager int8 kernels right after
+calibration, the same kernels as torchvision's quantized models. The graph is traced after BatchNorm folding (``fusion.folded_copy``), so every
 family quantizes the same way: classifiers, ``features_only`` extractors and FPN models.
 """
 
