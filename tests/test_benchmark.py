@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,15 +13,22 @@ from .helpers import run_cli
 
 
 def test_bench_command_writes_results_and_a_plot(tmp_path: Path) -> None:
+    # fp32 and int8: every kind of variant (torchvision's, timm's, ours, onnxruntime's). The bf16
+    # variants are the same code with another dtype, and on CPUs without bf16 instructions they
+    # run emulated, a second and a half a call.
     result = run_cli(
         "bench", "--models", "googlenet_v1", "--batches", "1", "--compile-batches", "--fpn-sizes", "--seconds", "0.1",
-        "--threads", "1", "--no-extras", "--out", str(tmp_path),
+        "--threads", "1", "--no-extras", "--dtype", "fp32", "int8", "--out", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Machine" in report and "### googlenet_v1 batch 1 224x224" in report
-    for variant in (BASELINE, "ours eager fp32", "ours optimized fp32", "ours optimized bf16"):
-        assert f"| {variant} |" in report
+    speed = report.split("### googlenet_v1 batch 1 224x224", 1)[1].split("\n## ", 1)[0]
+    timed = (BASELINE, "ours eager fp32", "ours optimized fp32", "ours int8", "torchvision quantized int8")
+    for variant in (*timed, "onnxruntime int8"):
+        assert re.search(rf"^\| {variant} \| [0-9.]+ \|", speed, re.MULTILINE), variant
+    assert "| googlenet_v1 batch 1 224x224 | ours int8 | ours optimized fp32 | (none) |" in report
+    assert "### resnet50 weights as saved (MB)" in report and "| onnxruntime int8 (.onnx file) |" in report
     assert (tmp_path / "speedups.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -1,8 +1,10 @@
 """Deployment: every model exports to torch.export and ONNX (checked in onnxruntime), dynamically.
 
-Every registered model goes through torch.export, the step both formats share; the ONNX
-conversion on top of it runs for one representative of each distinct set of layer types (family,
-kind and blocks), since deeper variants of the same blocks convert the same operators.
+Every registered model goes through torch.export with dynamic batch and size, the step both
+formats share, and its program is checked against eager. Writing that program to a ``.pt2`` file,
+loading it back and converting it to ONNX runs for one representative of each distinct set of
+layer types (family, kind and blocks): deeper variants of the same blocks serialize and convert
+the same operators.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 
 import backbones
 from backbones import ExportError
-from backbones.runtime.export import min_dynamic_size, output_names, program_to_onnx
+from backbones.runtime.export import export_program, min_dynamic_size, output_names, program_to_onnx
 
 from .helpers import assert_one_line_error, fresh_model, meta_model, relative_max_diff, run_cli
 
@@ -55,25 +57,8 @@ def _onnx_outputs(path: Path, x: torch.Tensor, session=None) -> list[np.ndarray]
     return session.run(None, {session.get_inputs()[0].name: x.numpy()})
 
 
-def _check_exports(name: str, tmp_path: Path, with_onnx: bool) -> None:
-    """torch.export round trip (save, load, run), and optionally ONNX in onnxruntime; dynamic batch and size.
-
-    The ONNX file is made from the loaded program: ``backbones.export(..., "x.onnx")`` runs the
-    same two steps (torch.export, then this conversion), so one trace serves both checks.
-    """
-    model = fresh_model(name).eval()
-    pt2 = backbones.export(model, tmp_path / f"{name}.pt2", dynamic_batch=True, dynamic_size=True)
-    program = torch.export.load(str(pt2))
-    loaded = program.module()
-    session = None
-    if with_onnx:
-        import onnx
-
-        onnx_path = program_to_onnx(program, tmp_path / f"{name}.onnx", output_names(model))
-        graph = onnx.load(str(onnx_path), load_external_data=False).graph
-        assert graph.input[0].name == "images" and [o.name for o in graph.output] == output_names(model)
-        assert not any("aux" in node.name.lower() for node in graph.node)  # auxiliary heads are not exported
-        session = _session(onnx_path)
+def _check_program(name: str, model: torch.nn.Module, program_module, session=None, onnx_path=None) -> None:
+    """The exported program (and the ONNX session, if any) against eager at two sizes and batches."""
     small, large = _sizes(name, model)
     # ONNX at both sizes and both batches; the pt2 program (slower to run) at two of them.
     for (height, width), batch, with_pt2 in ((small, 1, True), (small, 3, False), (large, 1, False), (large, 3, True)):
@@ -84,7 +69,7 @@ def _check_exports(name: str, tmp_path: Path, with_onnx: bool) -> None:
             expected = model(x)
             if with_pt2:
                 # Equal up to fp32 rounding: VGG's exported pooling sums where eager averages directly.
-                assert relative_max_diff(loaded(x), expected) <= 1e-5, f"pt2 {height}x{width} batch {batch}"
+                assert relative_max_diff(program_module(x), expected) <= 1e-5, f"pt2 {height}x{width} batch {batch}"
         if session is not None:
             got = [torch.from_numpy(t) for t in _onnx_outputs(onnx_path, x, session)]
             diff = relative_max_diff(got, expected)
@@ -95,12 +80,26 @@ def _check_exports(name: str, tmp_path: Path, with_onnx: bool) -> None:
 def test_representative_model_exports_to_pt2_and_onnx_that_match_eager_at_two_batches_and_sizes(
     name: str, tmp_path: Path
 ) -> None:
-    _check_exports(name, tmp_path, with_onnx=True)
+    """The ``.pt2`` file is loaded back, and the ONNX file is made from the loaded program:
+    ``backbones.export(..., "x.onnx")`` runs the same two steps (torch.export, then this
+    conversion), so one trace serves both checks."""
+    import onnx
+
+    model = fresh_model(name).eval()
+    pt2 = backbones.export(model, tmp_path / f"{name}.pt2", dynamic_batch=True, dynamic_size=True)
+    program = torch.export.load(str(pt2))
+    onnx_path = program_to_onnx(program, tmp_path / f"{name}.onnx", output_names(model))
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    assert graph.input[0].name == "images" and [o.name for o in graph.output] == output_names(model)
+    assert not any("aux" in node.name.lower() for node in graph.node)  # auxiliary heads are not exported
+    _check_program(name, model, program.module(), _session(onnx_path), onnx_path)
 
 
 @pytest.mark.parametrize("name", sorted(set(ALL_MODELS) - set(ONNX_MODELS)))
-def test_model_exports_to_pt2_that_matches_eager_at_two_batches_and_sizes(name: str, tmp_path: Path) -> None:
-    _check_exports(name, tmp_path, with_onnx=False)
+def test_model_exports_a_dynamic_program_that_matches_eager_at_two_batches_and_sizes(name: str) -> None:
+    model = fresh_model(name).eval()
+    program = export_program(model, dynamic_batch=True, dynamic_size=True)
+    _check_program(name, model, program.module())
 
 
 def test_onnx_representatives_cover_every_family_kind_and_block() -> None:

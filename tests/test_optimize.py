@@ -119,12 +119,16 @@ def test_bf16_fast_path_agrees_on_top1_for_99_percent(name: str) -> None:
     _confident_head(model, x)
     with torch.no_grad():
         expected = model(x).argmax(dim=1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast_agreement = (model(x).argmax(dim=1) == expected).float().mean().item()
     assert torch.equal(expected, torch.arange(16))  # the head does classify each image as itself
     got = backbones.optimize(model, dtype=torch.bfloat16, example_input=x)(x).argmax(dim=1)
     agreement = (got == expected).float().mean().item()
-    assert agreement >= min(BF16_TOP1_AGREEMENT, autocast_agreement), (agreement, autocast_agreement)
+    if agreement >= BF16_TOP1_AGREEMENT:
+        return
+    # Below 99%: the reference decides. (Computed only here: on CPUs without bf16 instructions
+    # autocast runs emulated, a minute for VGG-19.)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_agreement = (model(x).argmax(dim=1) == expected).float().mean().item()
+    assert agreement >= autocast_agreement, (agreement, autocast_agreement)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from backbones.runtime.fusion import mkldnn_fusion_available
 from backbones.runtime.quantize_pt2e import torchao_available
 
 __all__ = ["BenchmarkConfig", "Measurement", "plot_workloads", "run_benchmarks", "variant_colours", "write_report"]
@@ -244,7 +245,7 @@ def build_variants(
             factories["torchvision quantized int8"] = lambda: _torchvision_quantized(arch, tv, calibration)
         folder = Path(tempfile.mkdtemp(prefix="backbones-bench-"))  # the session keeps the file open
         factories["onnxruntime int8"] = lambda: _onnxruntime_int8(ours, calibration, folder)
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not mkldnn_fusion_available(torch.bfloat16):
         # oneDNN's bf16 kernels need AVX-512 (bw, vl, dq) or AVX-NE-CONVERT; ours cannot run here.
         factories = {n: f for n, f in factories.items() if not (n.startswith("ours") and variant_dtype(n) == "bf16")}
     wanted = [n for n in factories if (only is None or n in only) and (n == BASELINE or variant_dtype(n) in dtypes)]
@@ -412,7 +413,10 @@ def compile_times(threads: int) -> dict[str, float]:
 
 def conv_ceiling(threads: int, repeats: int = 7) -> dict[str, float]:
     """GFLOP/s of one 3x3 convolution, 256 -> 256 channels on [8, 256, 56, 56] channels-last, per dtype:
-    the rate the optimized paths work under on this machine (oneDNN fp32/bf16, the x86 int8 engine)."""
+    the rate the optimized paths work under on this machine (oneDNN fp32/bf16, the x86 int8 engine).
+
+    bf16 is left out on CPUs where oneDNN has no bf16 kernels: our bf16 path does not run there
+    either, and PyTorch's emulated bf16 convolution is no ceiling of anything."""
     import torch.ao.nn.quantized as nnq
 
     from backbones.runtime.quantize import quantized_engine
@@ -434,6 +438,8 @@ def conv_ceiling(threads: int, repeats: int = 7) -> dict[str, float]:
         "bf16": (copy.deepcopy(conv).bfloat16(), x.bfloat16()),
         "int8": (int8, torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)),
     }
+    if not mkldnn_fusion_available(torch.bfloat16):
+        del runs["bf16"]
     flops = 2 * 8 * 256 * 256 * 9 * 56 * 56
     rates = {}
     with torch.inference_mode():
@@ -471,8 +477,8 @@ def model_sizes(arch: str = "resnet50") -> dict[str, float]:
     )
     sizes = {name: saved(model.network if hasattr(model, "network") else model) for name, model in variants.items()}
     folder = Path(tempfile.mkdtemp(prefix="backbones-size-"))
-    _, ours, _, example = _models(arch)
-    _onnxruntime_int8(ours, _calibration(ours, example)[:1], folder)
+    ours = variants["ours eager fp32"]
+    _onnxruntime_int8(ours, _calibration(ours, None)[:1], folder)
     sizes["onnxruntime int8 (.onnx file)"] = (folder / "int8.onnx").stat().st_size / 1e6
     return sizes
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_opset",
     "export",
     "export_dynamic_shapes",
+    "export_program",
     "max_opset",
     "min_dynamic_size",
     "output_names",
@@ -276,15 +277,41 @@ def export(
     if format == "torchscript":
         torch.jit.save(torch.jit.script(network), str(path))
         return path
-    x = example_input if example_input is not None else _example_input(network, batch=2)
-    shapes = export_dynamic_shapes(network, dynamic_batch, dynamic_size)
     # Both other formats start from the same torch.export program.
-    program = torch.export.export(network, (x,), dynamic_shapes=shapes)
+    program = export_program(
+        network, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, example_input=example_input
+    )
     if format == "pt2":
         torch.export.save(program, str(path))
     else:
         program_to_onnx(program, path, output_names(network), opset=opset, optimize=optimize, check=check)
     return path
+
+
+def export_program(
+    model: nn.Module,
+    *,
+    dynamic_batch: bool = True,
+    dynamic_size: bool = False,
+    example_input: torch.Tensor | None = None,
+) -> torch.export.ExportedProgram:
+    """The torch.export program that :func:`export` saves as ``.pt2`` and converts to ONNX.
+
+    Args:
+        model: The network to trace, in the mode it should be exported in (``export`` passes an
+            eval-mode copy).
+        dynamic_batch: Let the batch size vary (1 to 1024).
+        dynamic_size: Let height and width vary, from :func:`min_dynamic_size` up to 4096 pixels.
+        example_input: The input traced with; by default 2 images of the model's input size.
+
+    Example:
+        >>> program = export_program(backbones.create_model("resnet18").eval(), dynamic_size=True)
+        >>> program.module()(torch.randn(3, 3, 100, 140)).shape
+        torch.Size([3, 1000])
+    """
+    x = example_input if example_input is not None else _example_input(model, batch=2)
+    shapes = export_dynamic_shapes(model, dynamic_batch, dynamic_size)
+    return torch.export.export(model, (x,), dynamic_shapes=shapes)
 
 
 def program_to_onnx(

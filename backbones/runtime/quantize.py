@@ -10,8 +10,9 @@ Why FX graph mode is the default and the pt2e flow (torchao's ``X86InductorQuant
 :mod:`backbones.runtime.quantize_pt2e`) only comes with ``compile=True``: pt2e is not in torch
 itself (it needs the separate torchao package) and only becomes fast through ``torch.compile``
 (a C++ build at the first call), while FX graph mode gives eager int8 kernels right after
-calibration, the same kernels as torchvision's quantized models. The graph is traced after BatchNorm folding (``fusion.folded_copy``), so every
-family quantizes the same way: classifiers, ``features_only`` extractors and FPN models.
+calibration, the same kernels as torchvision's quantized models. The graph is traced after
+BatchNorm folding (``fusion.folded_copy``), so every family quantizes the same way: classifiers,
+``features_only`` extractors and FPN models.
 """
 
 from __future__ import annotations
