@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -17,9 +19,14 @@ def _eval_model(name: str, **kwargs) -> torch.nn.Module:
     return fresh_model(name, **kwargs).eval()
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
-def test_forward_is_forward_head_of_forward_features(name: str) -> None:
-    model = _eval_model(name)
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in CLASSIFIERS])
+def shared_model(request: pytest.FixtureRequest) -> torch.nn.Module:
+    """Each classifier built once per worker, in eval mode; tests that change it take a copy."""
+    return backbones.create_model(request.param).eval()
+
+
+def test_forward_is_forward_head_of_forward_features(shared_model: torch.nn.Module) -> None:
+    model = shared_model
     x = torch.randn(2, 3, test_input_size(model), test_input_size(model))
     with torch.no_grad():
         features = model.forward_features(x)
@@ -27,9 +34,8 @@ def test_forward_is_forward_head_of_forward_features(name: str) -> None:
     assert features.shape[1] == model.num_features
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
-def test_forward_head_pre_logits_gives_the_penultimate_features(name: str) -> None:
-    model = _eval_model(name)
+def test_forward_head_pre_logits_gives_the_penultimate_features(shared_model: torch.nn.Module) -> None:
+    model = shared_model
     x = torch.randn(2, 3, test_input_size(model), test_input_size(model))
     with torch.no_grad():
         pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -37,9 +43,8 @@ def test_forward_head_pre_logits_gives_the_penultimate_features(name: str) -> No
         assert torch.allclose(model.get_classifier()(pre_logits), model(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
-def test_reset_classifier_changes_the_number_of_outputs(name: str) -> None:
-    model = _eval_model(name)
+def test_reset_classifier_changes_the_number_of_outputs(shared_model: torch.nn.Module) -> None:
+    model = copy.deepcopy(shared_model)
     model.reset_classifier(10)
     size = test_input_size(model)
     with torch.no_grad():
@@ -47,9 +52,8 @@ def test_reset_classifier_changes_the_number_of_outputs(name: str) -> None:
     assert model.num_classes == 10 and model.pretrained_cfg["num_classes"] == 10
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
-def test_reset_classifier_to_zero_returns_pre_logits(name: str) -> None:
-    model = _eval_model(name)
+def test_reset_classifier_to_zero_returns_pre_logits(shared_model: torch.nn.Module) -> None:
+    model = copy.deepcopy(shared_model)
     model.reset_classifier(0)
     size = test_input_size(model)
     with torch.no_grad():

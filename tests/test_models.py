@@ -1,12 +1,14 @@
 """Checks every registered model passes: each new model is tested by being registered.
 
-Models are built once per worker (a module-scoped fixture) and handed to each test as a fresh
-copy; inputs are small so that the large networks (VGG) stay quick.
+Models are built once per worker (a module-scoped fixture): tests that only run the model share
+that instance, tests that change it (training steps, gradients, memory format) get a fresh copy;
+inputs are small so that the large networks (VGG) stay quick.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,7 +27,16 @@ def pristine(request: pytest.FixtureRequest) -> torch.nn.Module:
 
 
 @pytest.fixture
-def model(pristine: torch.nn.Module) -> torch.nn.Module:
+def model(pristine: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The shared instance, for tests that only run it (its train/eval mode is restored after)."""
+    training = pristine.training
+    yield pristine
+    pristine.train(training)
+
+
+@pytest.fixture
+def own_model(pristine: torch.nn.Module) -> torch.nn.Module:
+    """A copy of its own, for tests that change the model."""
     return copy.deepcopy(pristine)
 
 
@@ -60,7 +71,8 @@ def test_odd_input_size_runs(model: torch.nn.Module) -> None:
     _assert_documented_shapes(model, out, 1, height, width)
 
 
-def test_batch_of_one_trains(model: torch.nn.Module) -> None:
+def test_batch_of_one_trains(own_model: torch.nn.Module) -> None:
+    model = own_model
     size = test_input_size(model, train=True)
     x = torch.randn(1, 3, size, size)
     if getattr(model, "aux_min_batch", 1) > 1:
@@ -72,7 +84,8 @@ def test_batch_of_one_trains(model: torch.nn.Module) -> None:
     assert all(torch.isfinite(t).all() for t in flatten_outputs(out))
 
 
-def test_backward_reaches_every_trainable_parameter(model: torch.nn.Module) -> None:
+def test_backward_reaches_every_trainable_parameter(own_model: torch.nn.Module) -> None:
+    model = own_model
     size = test_input_size(model, train=True)
     out = model.train()(torch.randn(2, 3, size, size))
     sum(t.float().mean() for t in flatten_outputs(out)).backward()
@@ -91,8 +104,8 @@ def test_torchscript_round_trip_gives_the_same_output(model: torch.nn.Module, tm
         assert relative_max_diff(loaded(x), model(x)) <= 1e-6
 
 
-def test_channels_last_input_gives_the_same_output(model: torch.nn.Module) -> None:
-    model.eval()
+def test_channels_last_input_gives_the_same_output(own_model: torch.nn.Module) -> None:
+    model = own_model.eval()
     x = torch.randn(2, 3, test_input_size(model), test_input_size(model))
     with torch.no_grad():
         expected = model(x)
