@@ -57,7 +57,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_bf16_fast_path_keeps_cosine_0_999(name: str) -> None:
     model = fresh_model(name).eval()
-    x = _batch(model, 8)
+    x = _batch(model, 4)
     fast = backbones.optimize(model, dtype=torch.bfloat16, example_input=x)
     with torch.no_grad():
         expected = model(x)
