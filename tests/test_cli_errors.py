@@ -61,6 +61,12 @@ def test_export_refuses_bad_requests_up_front(argv: list[str], fragment: str, tm
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_bench_names_the_variants_it_knows_when_given_another(tmp_path: Path) -> None:
+    result = run_cli("bench", "--variants", "ours int9", "--out", str(tmp_path / "results"))
+    assert_one_line_error(result, "--variants: unknown 'ours int9'; choose from", "ours compiled int8")
+    assert not (tmp_path / "results").exists()
+
+
 def test_export_api_validates_the_opset_before_exporting(tmp_path: Path) -> None:
     import backbones
 

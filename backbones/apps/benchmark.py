@@ -33,7 +33,15 @@ import torch.nn as nn
 from backbones.runtime.fusion import mkldnn_fusion_available
 from backbones.runtime.quantize_pt2e import torchao_available
 
-__all__ = ["BenchmarkConfig", "Measurement", "plot_workloads", "run_benchmarks", "variant_colours", "write_report"]
+__all__ = [
+    "VARIANTS",
+    "BenchmarkConfig",
+    "Measurement",
+    "plot_workloads",
+    "run_benchmarks",
+    "variant_colours",
+    "write_report",
+]
 
 BASELINE = "torchvision eager fp32"
 
@@ -71,6 +79,7 @@ class BenchmarkConfig:
         threads: Intra-op threads (default: every core).
         extras: Also measure peak memory, load, import and compile times (several subprocesses).
         dtypes: Which variants to time besides the baseline: ``"fp32"``, ``"bf16"``, ``"int8"``.
+        variants: Only these variants (names as in :data:`VARIANTS`) besides the baseline; all by default.
     """
 
     models: Sequence[str] = ("resnet50", "vgg19", "googlenet_v1", "inception_v3")
@@ -83,9 +92,30 @@ class BenchmarkConfig:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     extras: bool = True
     dtypes: Sequence[str] = ("fp32", "bf16", "int8")
+    variants: Sequence[str] | None = None
 
 
 # ----------------------------------------------------------------------------- variants
+
+# Every variant a run can time (those of one workload depend on the model, the dtypes, whether
+# it compiles, the CPU's bf16 support and whether torchao is installed).
+VARIANTS = (
+    "torchvision eager fp32",
+    "torchvision channels_last",
+    "torchvision bf16 autocast",
+    "timm eager fp32",
+    "ours eager fp32",
+    "ours optimized fp32",
+    "ours optimized bf16",
+    "torchvision compiled fp32",
+    "torchvision compiled bf16 autocast",
+    "ours compiled fp32",
+    "ours compiled bf16",
+    "ours int8",
+    "ours compiled int8",
+    "torchvision quantized int8",
+    "onnxruntime int8",
+)
 
 
 Runner = Callable[[torch.Tensor], Any]
@@ -248,6 +278,7 @@ def build_variants(
     if not mkldnn_fusion_available(torch.bfloat16):
         # oneDNN's bf16 kernels need AVX-512 (bw, vl, dq) or AVX-NE-CONVERT; ours cannot run here.
         factories = {n: f for n, f in factories.items() if not (n.startswith("ours") and variant_dtype(n) == "bf16")}
+    assert set(factories) <= set(VARIANTS), sorted(set(factories) - set(VARIANTS))
     wanted = [n for n in factories if (only is None or n in only) and (n == BASELINE or variant_dtype(n) in dtypes)]
     return {name: factories[name]() for name in wanted}
 
@@ -486,6 +517,11 @@ def model_sizes(arch: str = "resnet50") -> dict[str, float]:
 # ----------------------------------------------------------------------------- the run
 
 
+def _only(config: BenchmarkConfig) -> list[str] | None:
+    """The variants a run times: the baseline (every ratio's denominator) and those asked for."""
+    return None if config.variants is None else [BASELINE, *config.variants]
+
+
 def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every measurement and return them (see :func:`write_report`)."""
     torch.set_num_threads(config.threads)
@@ -496,14 +532,19 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
         for batch in config.batches:
             workload = f"{arch} batch {batch} {size}x{size}"
             log(workload)
-            variants = build_variants(arch, with_compile=batch in config.compile_batches, dtypes=config.dtypes)
+            variants = build_variants(
+                arch, with_compile=batch in config.compile_batches, only=_only(config), dtypes=config.dtypes
+            )
             measurements += time_interleaved(workload, variants, torch.randn(batch, 3, size, size), config, log)
             del variants
     for height, width in config.fpn_sizes:
         workload = f"resnet50_fpn batch 1 {height}x{width}"
         log(workload)
         variants = build_variants(
-            "resnet50_fpn", with_compile=(height, width) == tuple(config.fpn_sizes[0]), dtypes=config.dtypes
+            "resnet50_fpn",
+            with_compile=(height, width) == tuple(config.fpn_sizes[0]),
+            only=_only(config),
+            dtypes=config.dtypes,
         )
         measurements += time_interleaved(workload, variants, torch.randn(1, 3, height, width), config, log)
         del variants

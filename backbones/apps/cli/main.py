@@ -71,9 +71,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    out = check_output_folder(args.out)  # before minutes of timing, not after
-    from backbones.apps.benchmark import BenchmarkConfig, run_benchmarks, write_report
+    from backbones.apps.benchmark import VARIANTS, BenchmarkConfig, run_benchmarks, write_report
 
+    unknown = [name for name in args.variants or () if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}")
+    out = check_output_folder(args.out)  # before minutes of timing, not after
     defaults = BenchmarkConfig()
     config = BenchmarkConfig(
         models=args.models or defaults.models,
@@ -84,6 +87,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         **({"threads": args.threads} if args.threads else {}),
         extras=not args.no_extras,
         dtypes=args.dtype or defaults.dtypes,
+        variants=args.variants,
     )
     results = run_benchmarks(config)
     write_report(results, out / "RESULTS.md", out / "speedups.png")
@@ -115,6 +119,12 @@ def _add_bench_and_demo(command: Any) -> None:
         nargs="+",
         choices=("fp32", "bf16", "int8"),
         help="variants to time besides torchvision's eager fp32 baseline (default: fp32 bf16 int8)",
+    )
+    cmd.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        help="time only these variants besides the baseline, e.g. 'ours int8' 'torchvision quantized int8'",
     )
     cmd.add_argument(
         "--out",
