@@ -201,6 +201,8 @@ def test_compiled_int8_takes_the_pt2e_flow_and_meets_the_sqnr_floor_at_any_batch
         expected = model(held_out)
     assert sqnr_db(expected, fast(held_out)) >= ACTIVATION_FLOOR_DB
     assert sqnr_db(expected[:3], fast(held_out[:3])) >= ACTIVATION_FLOOR_DB  # batch size is dynamic
+    with pytest.raises(ValueError, match=r"compiled for 32x32 images.*got 40x48.*compile=False"):
+        fast(torch.randn(1, 3, 40, 48))
     assert fast.compiled and "pt2e" in fast.quantization.engine
     assert fast.int8_layers == _trunk_layers(model) and fast.float_layers == {}
 
@@ -210,6 +212,12 @@ def test_compiled_int8_without_torchao_says_what_to_install(monkeypatch: pytest.
         monkeypatch.setitem(sys.modules, name, None)  # import torchao now raises ImportError
     with pytest.raises(RuntimeError, match=r"torchao.*pip install torchao"):
         backbones.optimize(fresh_model("resnet18"), dtype="int8", compile=True, calibration=torch.randn(2, 3, 32, 32))
+
+
+def test_compiled_int8_refuses_calibration_of_mixed_image_sizes() -> None:
+    mixed = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 40, 40)]
+    with pytest.raises(ValueError, match=r"2 image sizes \(32x32, 40x40\).*compiled for one"):
+        backbones.optimize(fresh_model("resnet18"), dtype="int8", compile=True, calibration=mixed)
 
 
 def test_a_module_called_twice_gets_a_copy_per_call_for_the_pt2e_quantizer() -> None:

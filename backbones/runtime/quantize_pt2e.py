@@ -105,7 +105,8 @@ def quantize_int8_compiled(model: nn.Module, calibration: Tensor | Iterable) -> 
 
     Raises:
         RuntimeError: torchao is not installed.
-        ValueError: Missing or malformed calibration.
+        ValueError: Missing or malformed calibration, or batches of more than one image size (the
+            network is compiled for the calibration size; the batch size may vary).
 
     Example:
         >>> network, report = quantize_int8_compiled(backbones.create_model("resnet18"), torch.randn(8, 3, 224, 224))
@@ -123,10 +124,18 @@ def quantize_int8_compiled(model: nn.Module, calibration: Tensor | Iterable) -> 
     network = drop_traced_weight_checks(folded_copy(model)[0])
     separate_shared_modules(network)
     example = batches[0].contiguous(memory_format=torch.channels_last)
+    sizes = sorted({tuple(batch.shape[-2:]) for batch in batches})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"calibration batches come in {len(sizes)} image sizes ({', '.join(f'{h}x{w}' for h, w in sizes)}); "
+            "int8 with compile=True is compiled for one: give batches of the size you will run"
+        )
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=not cpu_has_vnni()))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(deprecat|register_constant).*")
+        # The batch size is dynamic. Height and width are not: exported at one size, the program
+        # carries shape guards of that size's pooling arithmetic (checked in FrozenCompiled).
         batch_dim = {0: torch.export.Dim.AUTO}
         exported = torch.export.export(network, (example,), dynamic_shapes=(batch_dim,)).module()
         prepared = prepare_pt2e(exported, quantizer)
@@ -136,23 +145,33 @@ def quantize_int8_compiled(model: nn.Module, calibration: Tensor | Iterable) -> 
         converted = convert_pt2e(prepared)
     report = _report(converted, engine, len(batches))
     allow_exported_model_train_eval(converted)  # OptimizedModel sets eval mode, a no-op here
-    return FrozenCompiled(converted), report
+    return FrozenCompiled(converted, tuple(example.shape[-2:])), report
 
 
 class FrozenCompiled(nn.Module):
-    """``torch.compile`` of a converted pt2e network, every call (and so every compile) with freezing on.
+    """``torch.compile`` of a converted pt2e network for one image size, every call (and so every compile)
+    with freezing on.
 
     Inductor folds the int8 weights into packed oneDNN constants only when its process-wide
     ``freezing`` setting is on while it compiles (``torch.compile(options={"freezing": True})``
     fails on the int8 weight-packing op); this sets it for the calls of this network only.
     """
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, image_size: tuple[int, int]) -> None:
         super().__init__()
         self.compiled = torch.compile(network)
+        self.image_size = image_size
 
     def forward(self, x: Tensor) -> object:
         from torch._inductor import config
+
+        if tuple(x.shape[-2:]) != self.image_size:
+            height, width = self.image_size
+            raise ValueError(
+                f"this int8 network was compiled for {height}x{width} images (the calibration batches' size), "
+                f"got {x.shape[-2]}x{x.shape[-1]}: calibrate at the size you will run, or use compile=False, "
+                "whose int8 kernels take any size"
+            )
 
         with config.patch(freezing=True):
             return self.compiled(x)
