@@ -232,13 +232,6 @@ def _onnxruntime_int8(ours: nn.Module, calibration: list[torch.Tensor], folder: 
     return lambda x: session.run(None, {name: x.numpy()})
 
 
-def _warmed(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
-    """``model`` after one call on ``example`` (a compiled network compiles on its first call)."""
-    if example is not None:
-        model(example)
-    return model
-
-
 def build_variants(
     arch: str, with_compile: bool, only: Sequence[str] | None = None, dtypes: Sequence[str] = ("fp32", "bf16", "int8")
 ) -> dict[str, Runner]:
@@ -268,8 +261,8 @@ def build_variants(
         calibration = _calibration(ours, example)
         factories["ours int8"] = lambda: optimize(ours, dtype="int8", calibration=calibration)
         if with_compile and torchao_available():
-            factories["ours compiled int8"] = lambda: _warmed(
-                optimize(ours, dtype="int8", compile=True, calibration=calibration), example
+            factories["ours compiled int8"] = lambda: optimize(
+                ours, dtype="int8", compile=True, calibration=calibration, example_input=example
             )
         if arch in _TV_QUANTIZED:
             factories["torchvision quantized int8"] = lambda: _torchvision_quantized(arch, tv, calibration)
