@@ -80,6 +80,19 @@ def copy_checkout(destination) -> None:
     )
 
 
+def per_model(names: Iterable[str]) -> list:
+    """``parametrize`` values, one per model name, grouped by model: with ``--dist loadgroup`` all of
+    a model's tests (in every file that uses this, and test_models' shared instances) run on one
+    worker in a row, where :func:`fresh_model`'s cached build serves them all.
+
+    Example:
+        >>> @pytest.mark.parametrize("name", per_model(backbones.list_models()))  # doctest: +SKIP
+    """
+    import pytest
+
+    return [pytest.param(name, id=name, marks=pytest.mark.xdist_group(name)) for name in names]
+
+
 _PRISTINE: dict[tuple[str, tuple], nn.Module] = {}
 
 

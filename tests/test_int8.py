@@ -65,7 +65,11 @@ def _digits(model: torch.nn.Module, split: str, batches: int, batch_size: int) -
     return calibration_batches(model, "digits", batches=batches, batch_size=batch_size, split=split, image_size=size)
 
 
-@pytest.mark.parametrize(("name", "features_only"), CASES, ids=[f"{n}{'-features' * f}" for n, f in CASES])
+@pytest.mark.parametrize(
+    ("name", "features_only"),
+    # Grouped by model: its other tests (test_optimize's) reuse the same cached build.
+    [pytest.param(n, f, id=f"{n}{'-features' * f}", marks=pytest.mark.xdist_group(n)) for n, f in CASES],
+)
 def test_int8_output_meets_the_sqnr_floor_in_the_float_structure(name: str, features_only: bool) -> None:
     model = fresh_model(name, features_only=True) if features_only else fresh_model(name)
     model = _signal_preserving(model).eval()

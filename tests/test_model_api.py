@@ -9,7 +9,7 @@ import torch
 
 import backbones
 
-from .helpers import fresh_model, meta_model, test_input_size
+from .helpers import fresh_model, meta_model, per_model, test_input_size
 
 CLASSIFIERS = backbones.list_models(kind="classifier")
 CFG_KEYS = {"input_size", "resize_size", "crop_size", "interpolation", "mean", "std", "num_classes", "class_names"}
@@ -19,7 +19,7 @@ def _eval_model(name: str, **kwargs) -> torch.nn.Module:
     return fresh_model(name, **kwargs).eval()
 
 
-@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.xdist_group(n)) for n in CLASSIFIERS])
+@pytest.fixture(scope="module", params=per_model(CLASSIFIERS))
 def shared_model(request: pytest.FixtureRequest) -> torch.nn.Module:
     """Each classifier built once per worker, in eval mode; tests that change it take a copy."""
     return backbones.create_model(request.param).eval()

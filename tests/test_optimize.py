@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import backbones
 from backbones.runtime.fusion import FusedConv2d
 
-from .helpers import flatten_outputs, fresh_model, meta_model, relative_max_diff, test_input_size
+from .helpers import flatten_outputs, fresh_model, meta_model, per_model, relative_max_diff, test_input_size
 
 ALL_MODELS = backbones.list_models()
 FP32_TOLERANCE = 1e-4
@@ -23,7 +23,7 @@ def _batch(model: torch.nn.Module, n: int) -> torch.Tensor:
     return torch.randn(n, 3, size, size + 16, generator=generator)
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", per_model(ALL_MODELS))
 def test_fp32_fast_path_is_within_1e_4_of_eager(name: str) -> None:
     model = fresh_model(name).eval()
     x = _batch(model, 4)
@@ -54,7 +54,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", per_model(ALL_MODELS))
 def test_bf16_fast_path_keeps_cosine_0_999(name: str) -> None:
     model = fresh_model(name).eval()
     x = _batch(model, 4)
@@ -105,7 +105,7 @@ def _options(name: str) -> set[str]:
     return set(inspect.signature(type(meta_model(name)).__init__).parameters)
 
 
-@pytest.mark.parametrize("name", backbones.list_models(kind="classifier"))
+@pytest.mark.parametrize("name", per_model(backbones.list_models(kind="classifier")))
 def test_bf16_fast_path_agrees_on_top1_for_99_percent(name: str) -> None:
     """Top-1 of the bf16 path agrees with fp32 eager on >= 99% of a fixed batch.
 

@@ -18,7 +18,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from backbones.core.features import FeatureInfo
-from backbones.core.layers import AdaptiveAvgPool2d, NormLayer, resolve_drop_rate, resolve_norm_layer, same_padding
+from backbones.core.layers import (
+    AdaptiveAvgPool2d,
+    NormLayer,
+    resolve_drop_rate,
+    resolve_norm_layer,
+    same_padding,
+    uninitialised,
+)
 from backbones.models.backbone import Backbone
 from backbones.models.factory import register_model
 
@@ -91,7 +98,7 @@ class VGG(Backbone):
         channels = in_chans
         for stage, (width, depth) in enumerate(zip(STAGE_WIDTHS, stage_depths, strict=True), start=1):
             for _ in range(depth):
-                layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=same_padding(3)))
+                layers.append(uninitialised(nn.Conv2d, channels, width, kernel_size=3, padding=same_padding(3)))
                 if norm is not None:
                     layers.append(norm(width))
                 layers.append(nn.ReLU(inplace=True))
@@ -101,13 +108,13 @@ class VGG(Backbone):
         self.features = nn.Sequential(*layers)
         self.avgpool = AdaptiveAvgPool2d((POOLED_SIZE, POOLED_SIZE))
         self.classifier = nn.Sequential(
-            nn.Linear(channels * POOLED_SIZE * POOLED_SIZE, HIDDEN_WIDTH),
+            uninitialised(nn.Linear, channels * POOLED_SIZE * POOLED_SIZE, HIDDEN_WIDTH),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(HIDDEN_WIDTH, HIDDEN_WIDTH),
+            uninitialised(nn.Linear, HIDDEN_WIDTH, HIDDEN_WIDTH),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(HIDDEN_WIDTH, num_classes) if num_classes else nn.Identity(),
+            uninitialised(nn.Linear, HIDDEN_WIDTH, num_classes) if num_classes else nn.Identity(),
         )
         self.head_hidden_size = HIDDEN_WIDTH
         self._set_feature_info(feature_info)
