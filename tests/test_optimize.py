@@ -18,7 +18,7 @@ BF16_TOP1_AGREEMENT = 0.99
 
 
 def _batch(model: torch.nn.Module, n: int) -> torch.Tensor:
-    size = test_input_size(model, 96)
+    size = test_input_size(model, 64)
     generator = torch.Generator().manual_seed(1234)
     return torch.randn(n, 3, size, size + 16, generator=generator)
 
