@@ -1,4 +1,4 @@
-"""Every command of ``python -m backbones`` in a subprocess, its success and its error paths."""
+"""Every command of the command line (run in this process, see ``helpers.run_cli``), its success and its error paths."""
 
 from __future__ import annotations
 

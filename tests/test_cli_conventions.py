@@ -54,7 +54,7 @@ def test_cli_defaults_mirror_the_library() -> None:
 
 
 def test_version_prints_the_package_version() -> None:
-    result = run_cli("--version")
+    result = run_cli("--version", fresh_process=True)  # `python -m backbones` itself, once
     assert result.returncode == 0 and result.stdout.strip() == f"backbones {backbones.__version__}"
 
 

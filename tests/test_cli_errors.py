@@ -94,7 +94,7 @@ def test_a_fifo_given_as_an_image_is_refused_without_reading_it(tmp_path: Path) 
     fifo = tmp_path / "image.png"
     os.mkfifo(fifo)
     for command in ("predict", "features"):
-        result = run_cli(command, "resnet18", str(fifo), timeout=60)
+        result = run_cli(command, "resnet18", str(fifo), timeout=60, fresh_process=True)  # a read would block
         assert_one_line_error(result, f"{fifo} is not a regular file")
 
 

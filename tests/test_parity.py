@@ -88,3 +88,47 @@ def test_parameter_count_is_canonical(ref: Reference) -> None:
         ours, theirs = backbones.create_model(ref.arch, **ref.our_kwargs), ref.build()
     assert sum(p.numel() for p in ours.parameters()) == ref.num_params
     assert sum(p.numel() for p in theirs.parameters()) == ref.num_params
+
+
+def _module_kinds(ref: Reference) -> frozenset[str]:
+    with torch.device("meta"):
+        return frozenset(type(m).__name__ for m in backbones.create_model(ref.arch, **ref.our_kwargs).modules())
+
+
+def _one_per_module_kinds(refs: list[Reference]) -> list[Reference]:
+    """A family's initialisation visits modules by type: one reference per set of module types
+    covers every path (resnet34 adds nothing to resnet18)."""
+    chosen: dict[frozenset[str], Reference] = {}
+    for ref in refs:
+        chosen.setdefault(_module_kinds(ref), ref)
+    return list(chosen.values())
+
+
+# Where ours deliberately differs: torchvision sets InceptionAux's `conv1.stddev = 0.01` on the
+# block, but its init reads the attribute from the inner conv, so that conv gets the default 0.1.
+# Ours draws the 0.01 that code means (as TF-slim's Inception v3 auxiliary head does).
+INTENDED_STD = {("inception_v3", "AuxLogits.conv1.conv.weight"): 0.01}
+
+
+@pytest.mark.parametrize(
+    "ref", _one_per_module_kinds([r for r in REFERENCES if r.source == "torchvision"]), ids=lambda r: r.id
+)
+def test_a_fresh_build_is_initialised_as_the_reference_initialises_it(ref: Reference) -> None:
+    """Every tensor is drawn from the reference's distribution (its std and mean, up to sampling
+    error) or equals the reference's constant (BatchNorm's ones and zeros, running statistics):
+    weights no layer initialises would show up here, whatever memory they were left with."""
+    ours = backbones.create_model(ref.arch, **ref.our_kwargs).state_dict()
+    theirs = convert_state_dict(ref.build().state_dict(), ref.arch, source=ref.layout)
+    assert list(ours) == list(theirs)
+    for key, reference in theirs.items():
+        mine = ours[key]
+        if not reference.is_floating_point() or reference.min() == reference.max():
+            assert torch.equal(mine, reference), key
+            continue
+        reference_std = reference.std().item()
+        std = INTENDED_STD.get((ref.arch, key), reference_std)
+        # A std estimate's sampling error is about std / sqrt(2n): 2% at n = 1024. A mean's is
+        # std / sqrt(n); a difference of two means is six of those at most (one in 10^8 beyond).
+        tolerance = 0.1 if reference.numel() >= 1024 else 0.5
+        assert mine.std().item() == pytest.approx(std, rel=tolerance), key
+        assert abs(mine.mean().item() - reference.mean().item()) <= 6 * max(std, reference_std) / reference.numel() ** 0.5, key

@@ -20,6 +20,7 @@ uses the same keys.
 
 # No `from __future__ import annotations`: TorchScript and torch.fx read these annotations.
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -107,6 +108,10 @@ class InputRenormalize(nn.Module):
         return x * scale + shift
 
 
+# Every convolution's weight is drawn once, by _init_truncated_normal: skip torch's default draw.
+_conv_bn_act = partial(ConvBnAct, init=False)
+
+
 def _init_truncated_normal(model: nn.Module, std: float, overrides: dict[nn.Module, float] | None = None) -> None:
     """Truncated-normal weights (at +-2, as Google's TensorFlow models), BatchNorm at 1 / 0."""
     overrides = overrides or {}
@@ -148,18 +153,18 @@ class InceptionModule(nn.Module):
         norm: NormLayer,
     ) -> None:
         super().__init__()
-        self.branch1 = ConvBnAct(in_channels, ch1x1, 1, norm_layer=norm)
+        self.branch1 = _conv_bn_act(in_channels, ch1x1, 1, norm_layer=norm)
         self.branch2 = nn.Sequential(
-            ConvBnAct(in_channels, ch3x3red, 1, norm_layer=norm),
-            ConvBnAct(ch3x3red, ch3x3, 3, padding=1, norm_layer=norm),
+            _conv_bn_act(in_channels, ch3x3red, 1, norm_layer=norm),
+            _conv_bn_act(ch3x3red, ch3x3, 3, padding=1, norm_layer=norm),
         )
         self.branch3 = nn.Sequential(
-            ConvBnAct(in_channels, ch5x5red, 1, norm_layer=norm),
-            ConvBnAct(ch5x5red, ch5x5, branch3_kernel, padding=branch3_kernel // 2, norm_layer=norm),
+            _conv_bn_act(in_channels, ch5x5red, 1, norm_layer=norm),
+            _conv_bn_act(ch5x5red, ch5x5, branch3_kernel, padding=branch3_kernel // 2, norm_layer=norm),
         )
         self.branch4 = nn.Sequential(
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
-            ConvBnAct(in_channels, pool_proj, 1, norm_layer=norm),
+            _conv_bn_act(in_channels, pool_proj, 1, norm_layer=norm),
         )
         self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
 
@@ -172,7 +177,7 @@ class GoogLeNetAux(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, dropout: float, norm: NormLayer) -> None:
         super().__init__()
-        self.conv = ConvBnAct(in_channels, 128, 1, norm_layer=norm)
+        self.conv = _conv_bn_act(in_channels, 128, 1, norm_layer=norm)
         self.fc1 = nn.Linear(128 * 4 * 4, 1024)
         self.fc2 = nn.Linear(1024, num_classes) if num_classes else nn.Identity()
         self.dropout = nn.Dropout(p=dropout)
@@ -248,10 +253,10 @@ class GoogLeNet(Backbone):
         self.aux_logits = aux_logits
         self.input_transform = InputRenormalize() if transform_input else nn.Identity()
 
-        self.conv1 = ConvBnAct(in_chans, 64, 7, stride=2, padding=3, norm_layer=norm)
+        self.conv1 = _conv_bn_act(in_chans, 64, 7, stride=2, padding=3, norm_layer=norm)
         self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.conv2 = ConvBnAct(64, 64, 1, norm_layer=norm)
-        self.conv3 = ConvBnAct(64, 192, 3, padding=1, norm_layer=norm)
+        self.conv2 = _conv_bn_act(64, 64, 1, norm_layer=norm)
+        self.conv3 = _conv_bn_act(64, 192, 3, padding=1, norm_layer=norm)
         self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
         feature_info = [FeatureInfo("conv1", 64, 2, "conv1"), FeatureInfo("conv3", 192, 4, "conv3")]
 
@@ -334,13 +339,13 @@ class InceptionA(nn.Module):
 
     def __init__(self, in_channels: int, pool_features: int, norm: NormLayer) -> None:
         super().__init__()
-        self.branch1x1 = ConvBnAct(in_channels, 64, 1, norm_layer=norm)
-        self.branch5x5_1 = ConvBnAct(in_channels, 48, 1, norm_layer=norm)
-        self.branch5x5_2 = ConvBnAct(48, 64, 5, padding=2, norm_layer=norm)
-        self.branch3x3dbl_1 = ConvBnAct(in_channels, 64, 1, norm_layer=norm)
-        self.branch3x3dbl_2 = ConvBnAct(64, 96, 3, padding=1, norm_layer=norm)
-        self.branch3x3dbl_3 = ConvBnAct(96, 96, 3, padding=1, norm_layer=norm)
-        self.branch_pool = ConvBnAct(in_channels, pool_features, 1, norm_layer=norm)
+        self.branch1x1 = _conv_bn_act(in_channels, 64, 1, norm_layer=norm)
+        self.branch5x5_1 = _conv_bn_act(in_channels, 48, 1, norm_layer=norm)
+        self.branch5x5_2 = _conv_bn_act(48, 64, 5, padding=2, norm_layer=norm)
+        self.branch3x3dbl_1 = _conv_bn_act(in_channels, 64, 1, norm_layer=norm)
+        self.branch3x3dbl_2 = _conv_bn_act(64, 96, 3, padding=1, norm_layer=norm)
+        self.branch3x3dbl_3 = _conv_bn_act(96, 96, 3, padding=1, norm_layer=norm)
+        self.branch_pool = _conv_bn_act(in_channels, pool_features, 1, norm_layer=norm)
         self.out_channels = 64 + 64 + 96 + pool_features
 
     def forward(self, x: Tensor) -> Tensor:
@@ -355,10 +360,10 @@ class InceptionB(nn.Module):
 
     def __init__(self, in_channels: int, norm: NormLayer) -> None:
         super().__init__()
-        self.branch3x3 = ConvBnAct(in_channels, 384, 3, stride=2, norm_layer=norm)
-        self.branch3x3dbl_1 = ConvBnAct(in_channels, 64, 1, norm_layer=norm)
-        self.branch3x3dbl_2 = ConvBnAct(64, 96, 3, padding=1, norm_layer=norm)
-        self.branch3x3dbl_3 = ConvBnAct(96, 96, 3, stride=2, norm_layer=norm)
+        self.branch3x3 = _conv_bn_act(in_channels, 384, 3, stride=2, norm_layer=norm)
+        self.branch3x3dbl_1 = _conv_bn_act(in_channels, 64, 1, norm_layer=norm)
+        self.branch3x3dbl_2 = _conv_bn_act(64, 96, 3, padding=1, norm_layer=norm)
+        self.branch3x3dbl_3 = _conv_bn_act(96, 96, 3, stride=2, norm_layer=norm)
         self.out_channels = 384 + 96 + in_channels
 
     def forward(self, x: Tensor) -> Tensor:
@@ -373,16 +378,16 @@ class InceptionC(nn.Module):
     def __init__(self, in_channels: int, channels_7x7: int, norm: NormLayer) -> None:
         super().__init__()
         c7 = channels_7x7
-        self.branch1x1 = ConvBnAct(in_channels, 192, 1, norm_layer=norm)
-        self.branch7x7_1 = ConvBnAct(in_channels, c7, 1, norm_layer=norm)
-        self.branch7x7_2 = ConvBnAct(c7, c7, (1, 7), padding=(0, 3), norm_layer=norm)
-        self.branch7x7_3 = ConvBnAct(c7, 192, (7, 1), padding=(3, 0), norm_layer=norm)
-        self.branch7x7dbl_1 = ConvBnAct(in_channels, c7, 1, norm_layer=norm)
-        self.branch7x7dbl_2 = ConvBnAct(c7, c7, (7, 1), padding=(3, 0), norm_layer=norm)
-        self.branch7x7dbl_3 = ConvBnAct(c7, c7, (1, 7), padding=(0, 3), norm_layer=norm)
-        self.branch7x7dbl_4 = ConvBnAct(c7, c7, (7, 1), padding=(3, 0), norm_layer=norm)
-        self.branch7x7dbl_5 = ConvBnAct(c7, 192, (1, 7), padding=(0, 3), norm_layer=norm)
-        self.branch_pool = ConvBnAct(in_channels, 192, 1, norm_layer=norm)
+        self.branch1x1 = _conv_bn_act(in_channels, 192, 1, norm_layer=norm)
+        self.branch7x7_1 = _conv_bn_act(in_channels, c7, 1, norm_layer=norm)
+        self.branch7x7_2 = _conv_bn_act(c7, c7, (1, 7), padding=(0, 3), norm_layer=norm)
+        self.branch7x7_3 = _conv_bn_act(c7, 192, (7, 1), padding=(3, 0), norm_layer=norm)
+        self.branch7x7dbl_1 = _conv_bn_act(in_channels, c7, 1, norm_layer=norm)
+        self.branch7x7dbl_2 = _conv_bn_act(c7, c7, (7, 1), padding=(3, 0), norm_layer=norm)
+        self.branch7x7dbl_3 = _conv_bn_act(c7, c7, (1, 7), padding=(0, 3), norm_layer=norm)
+        self.branch7x7dbl_4 = _conv_bn_act(c7, c7, (7, 1), padding=(3, 0), norm_layer=norm)
+        self.branch7x7dbl_5 = _conv_bn_act(c7, 192, (1, 7), padding=(0, 3), norm_layer=norm)
+        self.branch_pool = _conv_bn_act(in_channels, 192, 1, norm_layer=norm)
         self.out_channels = 4 * 192
 
     def forward(self, x: Tensor) -> Tensor:
@@ -398,12 +403,12 @@ class InceptionD(nn.Module):
 
     def __init__(self, in_channels: int, norm: NormLayer) -> None:
         super().__init__()
-        self.branch3x3_1 = ConvBnAct(in_channels, 192, 1, norm_layer=norm)
-        self.branch3x3_2 = ConvBnAct(192, 320, 3, stride=2, norm_layer=norm)
-        self.branch7x7x3_1 = ConvBnAct(in_channels, 192, 1, norm_layer=norm)
-        self.branch7x7x3_2 = ConvBnAct(192, 192, (1, 7), padding=(0, 3), norm_layer=norm)
-        self.branch7x7x3_3 = ConvBnAct(192, 192, (7, 1), padding=(3, 0), norm_layer=norm)
-        self.branch7x7x3_4 = ConvBnAct(192, 192, 3, stride=2, norm_layer=norm)
+        self.branch3x3_1 = _conv_bn_act(in_channels, 192, 1, norm_layer=norm)
+        self.branch3x3_2 = _conv_bn_act(192, 320, 3, stride=2, norm_layer=norm)
+        self.branch7x7x3_1 = _conv_bn_act(in_channels, 192, 1, norm_layer=norm)
+        self.branch7x7x3_2 = _conv_bn_act(192, 192, (1, 7), padding=(0, 3), norm_layer=norm)
+        self.branch7x7x3_3 = _conv_bn_act(192, 192, (7, 1), padding=(3, 0), norm_layer=norm)
+        self.branch7x7x3_4 = _conv_bn_act(192, 192, 3, stride=2, norm_layer=norm)
         self.out_channels = 320 + 192 + in_channels
 
     def forward(self, x: Tensor) -> Tensor:
@@ -418,15 +423,15 @@ class InceptionE(nn.Module):
 
     def __init__(self, in_channels: int, norm: NormLayer) -> None:
         super().__init__()
-        self.branch1x1 = ConvBnAct(in_channels, 320, 1, norm_layer=norm)
-        self.branch3x3_1 = ConvBnAct(in_channels, 384, 1, norm_layer=norm)
-        self.branch3x3_2a = ConvBnAct(384, 384, (1, 3), padding=(0, 1), norm_layer=norm)
-        self.branch3x3_2b = ConvBnAct(384, 384, (3, 1), padding=(1, 0), norm_layer=norm)
-        self.branch3x3dbl_1 = ConvBnAct(in_channels, 448, 1, norm_layer=norm)
-        self.branch3x3dbl_2 = ConvBnAct(448, 384, 3, padding=1, norm_layer=norm)
-        self.branch3x3dbl_3a = ConvBnAct(384, 384, (1, 3), padding=(0, 1), norm_layer=norm)
-        self.branch3x3dbl_3b = ConvBnAct(384, 384, (3, 1), padding=(1, 0), norm_layer=norm)
-        self.branch_pool = ConvBnAct(in_channels, 192, 1, norm_layer=norm)
+        self.branch1x1 = _conv_bn_act(in_channels, 320, 1, norm_layer=norm)
+        self.branch3x3_1 = _conv_bn_act(in_channels, 384, 1, norm_layer=norm)
+        self.branch3x3_2a = _conv_bn_act(384, 384, (1, 3), padding=(0, 1), norm_layer=norm)
+        self.branch3x3_2b = _conv_bn_act(384, 384, (3, 1), padding=(1, 0), norm_layer=norm)
+        self.branch3x3dbl_1 = _conv_bn_act(in_channels, 448, 1, norm_layer=norm)
+        self.branch3x3dbl_2 = _conv_bn_act(448, 384, 3, padding=1, norm_layer=norm)
+        self.branch3x3dbl_3a = _conv_bn_act(384, 384, (1, 3), padding=(0, 1), norm_layer=norm)
+        self.branch3x3dbl_3b = _conv_bn_act(384, 384, (3, 1), padding=(1, 0), norm_layer=norm)
+        self.branch_pool = _conv_bn_act(in_channels, 192, 1, norm_layer=norm)
         self.out_channels = 320 + 2 * 384 + 2 * 384 + 192
 
     def forward(self, x: Tensor) -> Tensor:
@@ -446,8 +451,8 @@ class InceptionAux(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, norm: NormLayer | None) -> None:
         super().__init__()
-        self.conv0 = ConvBnAct(in_channels, 128, 1, norm_layer=norm)
-        self.conv1 = ConvBnAct(128, 768, 5, norm_layer=norm)
+        self.conv0 = _conv_bn_act(in_channels, 128, 1, norm_layer=norm)
+        self.conv1 = _conv_bn_act(128, 768, 5, norm_layer=norm)
         self.fc = nn.Linear(768, num_classes) if num_classes else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -505,20 +510,20 @@ class Inception3(Backbone):
         self.input_transform = InputRenormalize() if transform_input else nn.Identity()
 
         if stem == "3x3":
-            self.Conv2d_1a_3x3 = ConvBnAct(in_chans, 32, 3, stride=2, norm_layer=norm)
-            self.Conv2d_2a_3x3 = ConvBnAct(32, 32, 3, norm_layer=norm)
-            self.Conv2d_2b_3x3 = ConvBnAct(32, 64, 3, padding=1, norm_layer=norm)
+            self.Conv2d_1a_3x3 = _conv_bn_act(in_chans, 32, 3, stride=2, norm_layer=norm)
+            self.Conv2d_2a_3x3 = _conv_bn_act(32, 32, 3, norm_layer=norm)
+            self.Conv2d_2b_3x3 = _conv_bn_act(32, 64, 3, padding=1, norm_layer=norm)
             first_stage = "Conv2d_2b_3x3"
             self.first_conv = "Conv2d_1a_3x3.conv.weight"
         elif stem == "7x7":
-            self.Conv2d_1a_7x7 = ConvBnAct(in_chans, 64, 7, stride=2, norm_layer=norm)
+            self.Conv2d_1a_7x7 = _conv_bn_act(in_chans, 64, 7, stride=2, norm_layer=norm)
             first_stage = "Conv2d_1a_7x7"
             self.first_conv = "Conv2d_1a_7x7.conv.weight"
         else:
             raise ValueError(f"stem must be '3x3' (Inception v3) or '7x7' (Inception v2), got {stem!r}")
         self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=2)
-        self.Conv2d_3b_1x1 = ConvBnAct(64, 80, 1, norm_layer=norm)
-        self.Conv2d_4a_3x3 = ConvBnAct(80, 192, 3, norm_layer=norm)
+        self.Conv2d_3b_1x1 = _conv_bn_act(64, 80, 1, norm_layer=norm)
+        self.Conv2d_4a_3x3 = _conv_bn_act(80, 192, 3, norm_layer=norm)
         self.maxpool2 = nn.MaxPool2d(kernel_size=3, stride=2)
 
         self.Mixed_5b = InceptionA(192, pool_features=32, norm=norm)

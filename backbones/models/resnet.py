@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from backbones.core.features import FeatureInfo
-from backbones.core.layers import NormLayer, conv1x1, conv3x3, resolve_drop_rate, resolve_norm_layer
+from backbones.core.layers import NormLayer, conv1x1, conv2d, conv3x3, resolve_drop_rate, resolve_norm_layer
 from backbones.models.backbone import Backbone
 from backbones.models.factory import register_model
 
@@ -40,10 +40,10 @@ class BasicBlock(nn.Module):
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(in_channels, width, stride, dilation)
+        self.conv1 = conv3x3(in_channels, width, stride, dilation, init=False)
         self.bn1 = norm_layer(width)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(width, width, dilation=dilation)
+        self.conv2 = conv3x3(width, width, dilation=dilation, init=False)
         self.bn2 = norm_layer(width)
         self.downsample = downsample
 
@@ -80,11 +80,11 @@ class Bottleneck(nn.Module):
     ) -> None:
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = conv1x1(in_channels, width)
+        self.conv1 = conv1x1(in_channels, width, init=False)
         self.bn1 = norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride, dilation)
+        self.conv2 = conv3x3(width, width, stride, dilation, init=False)
         self.bn2 = norm_layer(width)
-        self.conv3 = conv1x1(width, out_channels)
+        self.conv3 = conv1x1(width, out_channels, init=False)
         self.bn3 = norm_layer(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -147,7 +147,8 @@ class ResNet(Backbone):
             raise ValueError(f"replace_stride_with_dilation needs 3 flags (layer2..4), got {dilate_flags}")
         norm = resolve_norm_layer(norm_layer)
 
-        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        # Every convolution's weight is drawn once, by _init_weights (init=False skips torch's default).
+        self.conv1 = conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False, init=False)
         self.bn1 = norm(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -190,7 +191,7 @@ class ResNet(Backbone):
         out_channels = width * block.expansion
         downsample = None
         if stride != 1 or in_channels != out_channels:
-            downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride), norm(out_channels))
+            downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride, init=False), norm(out_channels))
         layers = [block(in_channels, width, stride, downsample, first_dilation, norm)]
         layers += [block(out_channels, width, 1, None, dilation, norm) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
