@@ -131,4 +131,6 @@ def test_a_fresh_build_is_initialised_as_the_reference_initialises_it(ref: Refer
         # std / sqrt(n); a difference of two means is six of those at most (one in 10^8 beyond).
         tolerance = 0.1 if reference.numel() >= 1024 else 0.5
         assert mine.std().item() == pytest.approx(std, rel=tolerance), key
-        assert abs(mine.mean().item() - reference.mean().item()) <= 6 * max(std, reference_std) / reference.numel() ** 0.5, key
+        assert (
+            abs(mine.mean().item() - reference.mean().item()) <= 6 * max(std, reference_std) / reference.numel() ** 0.5
+        ), key
