@@ -8,7 +8,9 @@ in the suite can reach the internet or a user's real caches.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ def _free_port() -> int:
 
 HUB_PORT = _free_port()
 _SANDBOX = Path(tempfile.mkdtemp(prefix="backbones-tests-"))
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)  # each process removes its own
 os.environ.update(
     HF_ENDPOINT=f"http://127.0.0.1:{HUB_PORT}",
     HF_HOME=str(_SANDBOX / "hf"),

@@ -218,18 +218,26 @@ def _torchvision_quantized(arch: str, tv: nn.Module, calibration: list[torch.Ten
         return convert(model, inplace=True)
 
 
-def _onnxruntime_int8(ours: nn.Module, calibration: list[torch.Tensor], folder: Path) -> Runner:
-    """Our model exported to int8 QDQ ONNX (``export(dtype="int8")``), run by onnxruntime's CPU provider."""
-    import onnxruntime
+class _OnnxRuntimeInt8:
+    """Our model exported to int8 QDQ ONNX (``export(dtype="int8")``), run by onnxruntime's CPU
+    provider; called like a model. The file is read into the session and its folder removed."""
 
-    from backbones.runtime.export import export
+    def __init__(self, ours: nn.Module, calibration: list[torch.Tensor]) -> None:
+        import onnxruntime
 
-    path = export(ours, folder / "int8.onnx", dtype="int8", calibration=calibration, dynamic_size=False)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x.numpy()})
+        from backbones.runtime.export import export
+
+        with tempfile.TemporaryDirectory(prefix="backbones-bench-") as folder:
+            path = export(ours, Path(folder) / "int8.onnx", dtype="int8", calibration=calibration, dynamic_size=False)
+            program = path.read_bytes()
+        self.file_mb = len(program) / 1e6
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(program, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        return self.session.run(None, {self.input_name: x.numpy()})
 
 
 def build_variants(
@@ -266,8 +274,7 @@ def build_variants(
             )
         if arch in _TV_QUANTIZED:
             factories["torchvision quantized int8"] = lambda: _torchvision_quantized(arch, tv, calibration)
-        folder = Path(tempfile.mkdtemp(prefix="backbones-bench-"))  # the session keeps the file open
-        factories["onnxruntime int8"] = lambda: _onnxruntime_int8(ours, calibration, folder)
+        factories["onnxruntime int8"] = lambda: _OnnxRuntimeInt8(ours, calibration)
     if not mkldnn_fusion_available(torch.bfloat16):
         # oneDNN's bf16 kernels need AVX-512 (bw, vl, dq) or AVX-NE-CONVERT; ours cannot run here.
         factories = {n: f for n, f in factories.items() if not (n.startswith("ours") and variant_dtype(n) == "bf16")}
@@ -487,8 +494,9 @@ def model_macs(arch: str, size: tuple[int, int]) -> int:
     return summary(create_model(arch, **options).eval(), (1, 3, *size)).total_macs
 
 
-def model_sizes(arch: str = "resnet50") -> dict[str, float]:
-    """MB of ``arch``'s weights as saved: fp32 and int8 state dicts (torch.save), the int8 ONNX file."""
+def model_sizes(variants: dict[str, Runner]) -> dict[str, float]:
+    """MB of the weights as saved, for those of ``variants`` that have them: our fp32 and int8
+    state dicts and torchvision's quantized one (torch.save), and onnxruntime's int8 ONNX file."""
     import io
 
     def saved(module: nn.Module) -> float:
@@ -496,14 +504,13 @@ def model_sizes(arch: str = "resnet50") -> dict[str, float]:
         torch.save(module.state_dict(), buffer)
         return buffer.tell() / 1e6
 
-    variants = build_variants(
-        arch, with_compile=False, only=["ours eager fp32", "ours int8", "torchvision quantized int8"]
-    )
-    sizes = {name: saved(model.network if hasattr(model, "network") else model) for name, model in variants.items()}
-    folder = Path(tempfile.mkdtemp(prefix="backbones-size-"))
-    ours = variants["ours eager fp32"]
-    _onnxruntime_int8(ours, _calibration(ours, None)[:1], folder)
-    sizes["onnxruntime int8 (.onnx file)"] = (folder / "int8.onnx").stat().st_size / 1e6
+    sizes = {}
+    for name in ("ours eager fp32", "ours int8", "torchvision quantized int8"):
+        if name in variants:
+            model = variants[name]
+            sizes[name] = saved(model.network if hasattr(model, "network") else model)
+    if "onnxruntime int8" in variants:
+        sizes["onnxruntime int8 (.onnx file)"] = variants["onnxruntime int8"].file_mb
     return sizes
 
 
@@ -520,37 +527,26 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
     torch.set_num_threads(config.threads)
     torch.manual_seed(0)
     measurements: list[Measurement] = []
+    results: dict[str, Any] = {"measurements": measurements, "config": config}
+
+    def run_workload(arch: str, workload: str, x: torch.Tensor, with_compile: bool) -> None:
+        log(workload)
+        variants = build_variants(arch, with_compile=with_compile, only=_only(config), dtypes=config.dtypes)
+        measurements.extend(time_interleaved(workload, variants, x, config, log))
+        if "int8" in config.dtypes and "model_mb" not in results:
+            # The first workload's models, as timed: the sizes sit beside its timings.
+            results.update(model_mb_arch=arch, model_mb=model_sizes(variants))
+
     for arch in config.models:
         size = 299 if arch == "inception_v3" else 224
         for batch in config.batches:
-            workload = f"{arch} batch {batch} {size}x{size}"
-            log(workload)
-            variants = build_variants(
-                arch, with_compile=batch in config.compile_batches, only=_only(config), dtypes=config.dtypes
-            )
-            measurements += time_interleaved(workload, variants, torch.randn(batch, 3, size, size), config, log)
-            del variants
+            x = torch.randn(batch, 3, size, size)
+            run_workload(arch, f"{arch} batch {batch} {size}x{size}", x, batch in config.compile_batches)
     for height, width in config.fpn_sizes:
-        workload = f"resnet50_fpn batch 1 {height}x{width}"
-        log(workload)
-        variants = build_variants(
-            "resnet50_fpn",
-            with_compile=(height, width) == tuple(config.fpn_sizes[0]),
-            only=_only(config),
-            dtypes=config.dtypes,
-        )
-        measurements += time_interleaved(workload, variants, torch.randn(1, 3, height, width), config, log)
-        del variants
-    results: dict[str, Any] = {
-        "measurements": measurements,
-        "config": config,
-        "environment": environment(config.threads),
-    }
-    if "int8" in config.dtypes:
-        # The first model benchmarked: the sizes sit beside its timings.
-        results["model_mb_arch"] = config.models[0] if config.models else "resnet50"
-        log(f"{results['model_mb_arch']} sizes as saved")
-        results["model_mb"] = model_sizes(results["model_mb_arch"])
+        x = torch.randn(1, 3, height, width)
+        first = (height, width) == tuple(config.fpn_sizes[0])
+        run_workload("resnet50_fpn", f"resnet50_fpn batch 1 {height}x{width}", x, first)
+    results["environment"] = environment(config.threads)
     log("3x3 convolution ceiling and multiply-adds")
     results["conv_gflops"] = conv_ceiling(config.threads)
     results["macs"] = {
