@@ -173,6 +173,9 @@ def _models(arch: str) -> tuple[nn.Module, nn.Module, nn.Module | None, torch.Te
 # torchvision's post-training-quantizable models (x86 engine), by our architecture name.
 _TV_QUANTIZED = {"resnet50": "resnet50", "googlenet_v1": "googlenet", "inception_v3": "inception_v3"}
 CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 4, 8
+# Larger inputs (the FPN's) calibrate on fewer batches, as many pixels as 4 x 8 images at 299x299:
+# the observers' cost grows with the pixels, and at 512x864 the full count took longer than timing.
+CALIBRATION_PIXELS = CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE * 299 * 299
 
 
 def variant_dtype(variant: str) -> str:
@@ -185,9 +188,9 @@ def _calibration(model: nn.Module, example: torch.Tensor | None) -> list[torch.T
     from backbones.data.calibration import calibration_batches
 
     size = example.shape[-1] if example is not None else model.pretrained_cfg["input_size"][-1]
-    batches = calibration_batches(
-        model, "digits", batches=CALIBRATION_BATCHES, batch_size=CALIBRATION_BATCH_SIZE, image_size=size
-    )
+    pixels = example.shape[-2] * example.shape[-1] if example is not None else size * size
+    count = min(CALIBRATION_BATCHES, max(1, round(CALIBRATION_PIXELS / (CALIBRATION_BATCH_SIZE * pixels))))
+    batches = calibration_batches(model, "digits", batches=count, batch_size=CALIBRATION_BATCH_SIZE, image_size=size)
     if example is not None and example.shape[-2] != example.shape[-1]:  # FPN workloads are not square
         batches = [nn.functional.interpolate(b, size=example.shape[-2:], mode="bilinear") for b in batches]
     return batches

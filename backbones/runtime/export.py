@@ -146,7 +146,22 @@ def min_dynamic_size(model: nn.Module, limit: int = MAX_SIZE) -> int:
     a dynamic height/width range starts. Found by running the model on the meta device (no
     arithmetic, no weights in memory).
     """
-    probe = _meta_copy(model)
+    config = getattr(model, "model_config", None)
+    key = (repr(sorted(config.items())), limit) if config else None
+    if key not in _MIN_DYNAMIC_SIZES:
+        size = _search_min_dynamic_size(_meta_copy(model), limit)
+        if key is None:
+            return size
+        _MIN_DYNAMIC_SIZES[key] = size
+    return _MIN_DYNAMIC_SIZES[key]
+
+
+# By architecture configuration (what _meta_copy rebuilds from): weights do not change the answer,
+# and searching takes seconds for the deepest networks.
+_MIN_DYNAMIC_SIZES: dict[tuple[str, int], int] = {}
+
+
+def _search_min_dynamic_size(probe: nn.Module, limit: int) -> int:
     maps: list[tuple[int, int]] = []
 
     def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -159,13 +174,13 @@ def min_dynamic_size(model: nn.Module, limit: int = MAX_SIZE) -> int:
     def spatial_maps(size: int) -> list[tuple[int, int]]:
         maps.clear()
         with torch.no_grad():
-            probe(torch.empty(1, getattr(model, "in_chans", 3), size, size, device="meta"))
+            probe(torch.empty(1, getattr(probe, "in_chans", 3), size, size, device="meta"))
         return list(maps)
 
     def smallest_dynamic_side(size: int) -> int:
         return min(min(m) for m, follows in zip(spatial_maps(size), dynamic, strict=True) if follows)
 
-    low = max(1, getattr(model, "min_input_size", 1))
+    low = max(1, getattr(probe, "min_input_size", 1))
     try:
         # Which maps follow the input size (a global pool's 1x1 is a constant, not a limit).
         dynamic = [a != b for a, b in zip(spatial_maps(low + 64), spatial_maps(low + 128), strict=True)]
