@@ -21,8 +21,9 @@ demo: $(STAMP)
 # Large allocations by mmap, returned to the system when freed: with glibc's adaptive threshold the
 # workers' resident memory grew to about 12 GB each (freed model weights kept in the heap) and one
 # was killed for memory on this 24 GB machine.
+# --durations: the slowest tests, for keeping the suite under its 15 minutes (CONTRIBUTING.md).
 test: lint
-	MALLOC_MMAP_THRESHOLD_=131072 $(PY) -m pytest -n 2 --dist loadgroup
+	MALLOC_MMAP_THRESHOLD_=131072 $(PY) -m pytest -n 2 --dist loadgroup --durations=25
 
 lint: $(STAMP)
 	$(PY) -m ruff check backbones tests benchmarks weights hubconf.py

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -80,17 +80,25 @@ def copy_checkout(destination) -> None:
     )
 
 
-def per_model(names: Iterable[str]) -> list:
-    """``parametrize`` values, one per model name, grouped by model: with ``--dist loadgroup`` all of
-    a model's tests (in every file that uses this, and test_models' shared instances) run on one
-    worker in a row, where :func:`fresh_model`'s cached build serves them all.
+def per_model(cases: Iterable[str | tuple], id: Callable[..., str] | None = None) -> list:
+    """``parametrize`` values grouped by model: with ``--dist loadgroup`` all of a model's tests (in
+    every file that uses this, and test_models' shared instances) run on one worker in a row,
+    where :func:`fresh_model`'s cached build serves them all.
+
+    Args:
+        cases: Model names, or tuples of a model name and the test's other parameters.
+        id: Names a case from its values (default: the model name).
 
     Example:
         >>> @pytest.mark.parametrize("name", per_model(backbones.list_models()))  # doctest: +SKIP
+        >>> @pytest.mark.parametrize(("name", "features_only"), per_model([("vgg11", True)]))  # doctest: +SKIP
     """
     import pytest
 
-    return [pytest.param(name, id=name, marks=pytest.mark.xdist_group(name)) for name in names]
+    values = [case if isinstance(case, tuple) else (case,) for case in cases]
+    return [
+        pytest.param(*case, id=id(*case) if id else case[0], marks=pytest.mark.xdist_group(case[0])) for case in values
+    ]
 
 
 _PRISTINE: dict[tuple[str, tuple], nn.Module] = {}

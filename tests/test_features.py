@@ -12,7 +12,7 @@ import torch
 import backbones
 from backbones import FeatureExtractor
 
-from .helpers import fresh_model, meta_model, relative_max_diff
+from .helpers import fresh_model, meta_model, per_model, relative_max_diff
 
 CLASSIFIERS = backbones.list_models(kind="classifier")
 SIZES = {"224": (224, 224), "odd225x301": (225, 301)}
@@ -47,7 +47,7 @@ def test_feature_info_matches_the_real_feature_maps(name: str, size: tuple[int, 
         assert growth == [32 // info.stride] * 2, f"{info.name}: stride {info.stride} but grew by {growth}"
 
 
-@pytest.mark.parametrize("name", CLASSIFIERS)
+@pytest.mark.parametrize("name", per_model(CLASSIFIERS))
 def test_last_stage_equals_forward_features(name: str) -> None:
     model = fresh_model(name).eval()
     extractor = FeatureExtractor(copy.deepcopy(model), out_indices=(-1,)).eval()

@@ -10,7 +10,7 @@ import backbones
 from backbones.hub.convert import convert_state_dict
 from backbones.models.fpn import FeaturePyramidNetwork, LastLevelP6P7, fpn_backbone
 
-from .helpers import fresh_model, meta_model, relative_max_diff
+from .helpers import fresh_model, meta_model, per_model, relative_max_diff
 
 FPN_MODELS = backbones.list_models(kind="fpn")
 
@@ -106,7 +106,7 @@ def test_feature_info_matches_every_level(size: tuple[int, int]) -> None:
         assert tuple(level.shape) == (1, model.out_channels, *expected), info
 
 
-@pytest.mark.parametrize("name", FPN_MODELS)
+@pytest.mark.parametrize("name", per_model(FPN_MODELS))
 def test_every_fpn_level_has_out_channels_and_its_stride(name: str) -> None:
     model = fresh_model(name).eval()
     size = max(model.min_input_size, 128)

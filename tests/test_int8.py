@@ -18,7 +18,7 @@ from backbones.runtime.export import ExportError
 from backbones.runtime.quantize import cpu_has_vnni
 from backbones.runtime.quantize_pt2e import separate_shared_modules
 
-from .helpers import flatten_outputs, fresh_model
+from .helpers import flatten_outputs, fresh_model, per_model
 
 SQNR_FLOOR_DB = 25.0  # issue 15: int8 output vs fp32 on inputs not used for calibration
 TOP1_MARGIN_POINTS = 0.5  # issue 15: fine-tuned int8 top-1 within half a point of fp32
@@ -68,7 +68,7 @@ def _digits(model: torch.nn.Module, split: str, batches: int, batch_size: int) -
 @pytest.mark.parametrize(
     ("name", "features_only"),
     # Grouped by model: its other tests (test_optimize's) reuse the same cached build.
-    [pytest.param(n, f, id=f"{n}{'-features' * f}", marks=pytest.mark.xdist_group(n)) for n, f in CASES],
+    per_model(CASES, id=lambda name, features_only: f"{name}{'-features' * features_only}"),
 )
 def test_int8_output_meets_the_sqnr_floor_in_the_float_structure(name: str, features_only: bool) -> None:
     model = fresh_model(name, features_only=True) if features_only else fresh_model(name)

@@ -153,16 +153,19 @@ def _channels_last(model: nn.Module) -> Runner:
     return lambda x: model(x.contiguous(memory_format=torch.channels_last))
 
 
-def _models(arch: str) -> tuple[nn.Module, nn.Module, nn.Module | None, torch.Tensor | None]:
+def _models(
+    arch: str, fpn_size: tuple[int, int] = (800, 1344)
+) -> tuple[nn.Module, nn.Module, nn.Module | None, torch.Tensor | None]:
     """torchvision's model, ours with the same weights, timm's (or None), and the example input
-    the optimized variants pack their weights for (None: the model's own input size)."""
+    the optimized variants pack their weights for and int8 calibrates at (None: the model's own
+    input size; the FPN's workload size for the FPN)."""
     from backbones.models.factory import create_model
 
     if arch == "resnet50_fpn":
         from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
         tv, timm_model = resnet_fpn_backbone(backbone_name="resnet50", weights=None).eval(), None
-        example: torch.Tensor | None = torch.randn(1, 3, 800, 1344)
+        example: torch.Tensor | None = torch.randn(1, 3, *fpn_size)
     else:
         (tv, timm_model), example = _references(arch), None
     ours = create_model(arch, **({"aux_logits": False} if arch in {"googlenet_v1", "inception_v3"} else {})).eval()
@@ -244,12 +247,17 @@ class _OnnxRuntimeInt8:
 
 
 def build_variants(
-    arch: str, with_compile: bool, only: Sequence[str] | None = None, dtypes: Sequence[str] = ("fp32", "bf16", "int8")
+    arch: str,
+    with_compile: bool,
+    only: Sequence[str] | None = None,
+    dtypes: Sequence[str] = ("fp32", "bf16", "int8"),
+    fpn_size: tuple[int, int] = (800, 1344),
 ) -> dict[str, Runner]:
-    """Every way of running ``arch`` the benchmark compares (or just those in ``only``, or of ``dtypes``), by name."""
+    """Every way of running ``arch`` the benchmark compares (or just those in ``only``, or of
+    ``dtypes``), by name; the FPN's prepared for ``fpn_size`` images (height, width)."""
     from backbones.runtime.optimize import optimize
 
-    tv, ours, timm_model, example = _models(arch)
+    tv, ours, timm_model, example = _models(arch, fpn_size)
     factories: dict[str, Callable[[], Runner]] = {
         BASELINE: lambda: tv,
         "torchvision channels_last": lambda: _channels_last(tv),
@@ -383,7 +391,7 @@ torch.set_num_threads({threads})
 from backbones.apps.benchmark import build_variants
 arch, name, batch, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 x = torch.randn(batch, 3, height, width)
-run = build_variants(arch, with_compile=False, only=[name])[name]
+run = build_variants(arch, with_compile=False, only=[name], fpn_size=(height, width))[name]
 gc.collect()
 # Reset the high-water mark so that building the model does not count (Linux clear_refs).
 with open("/proc/self/clear_refs", "w") as f:
@@ -534,11 +542,17 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
 
     def run_workload(arch: str, workload: str, x: torch.Tensor, with_compile: bool) -> None:
         log(workload)
-        variants = build_variants(arch, with_compile=with_compile, only=_only(config), dtypes=config.dtypes)
+        only, size = _only(config), (x.shape[-2], x.shape[-1])
+        variants = build_variants(arch, with_compile=with_compile, only=only, dtypes=config.dtypes, fpn_size=size)
         measurements.extend(time_interleaved(workload, variants, x, config, log))
         if "int8" in config.dtypes and "model_mb" not in results:
             # The first workload's models, as timed: the sizes sit beside its timings.
             results.update(model_mb_arch=arch, model_mb=model_sizes(variants))
+        if with_compile:
+            # torch.compile keeps every compiled network alive (as globals of its generated code)
+            # until reset; free them before the next models are built (a run without this was
+            # killed for memory, at 24 GB, on its last workload).
+            torch._dynamo.reset()
 
     for arch in config.models:
         size = 299 if arch == "inception_v3" else 224
