@@ -28,7 +28,15 @@ def test_bench_command_writes_results_and_a_plot(tmp_path: Path) -> None:
     for variant in (*timed, "onnxruntime int8"):
         assert re.search(rf"^\| {variant} \| [0-9.]+ \|", speed, re.MULTILINE), variant
     assert "| googlenet_v1 batch 1 224x224 | ours int8 | ours optimized fp32 | (none) |" in report
-    assert "### googlenet_v1 weights as saved (MB)" in report and "| onnxruntime int8 (.onnx file) |" in report
+    sizes = report.split("### googlenet_v1 weights as saved (MB)", 1)[1]
+    for form in (
+        BASELINE,
+        "ours eager fp32",
+        "ours int8",
+        "torchvision quantized int8",
+        "onnxruntime int8 (.onnx file)",
+    ):
+        assert re.search(rf"^\| {re.escape(form)} \| [0-9.]+ \|", sizes, re.MULTILINE), form
     assert (tmp_path / "speedups.png").read_bytes()[:4] == b"\x89PNG"
 
 
