@@ -1,0 +1,41 @@
+"""Where int8 time goes: torch.profiler on resnet50, batch 8, 224x224, for our eager (FX) int8 model,
+torchvision's quantized resnet50 and our compiled (pt2e) int8 model; writes the tables to stdout.
+
+Usage (from the repository root): ``OMP_NUM_THREADS=$(nproc) .venv/bin/python benchmarks/int8_profile.py``
+(benchmarks/INT8_PROFILE.md holds one run and what it shows).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backbones.apps.benchmark import BASELINE, build_variants
+
+VARIANTS = ("ours int8", "torchvision quantized int8", "ours compiled int8")
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    x = torch.randn(8, 3, 224, 224)
+    variants = build_variants("resnet50", with_compile=True, only=[BASELINE, *VARIANTS], dtypes=("int8",))
+    for name in VARIANTS:
+        run = variants[name]
+        with torch.inference_mode():
+            for _ in range(3):  # warm-up (the compiled model compiles on its first call)
+                run(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(5):
+                    run(x)
+        print(f"\n### {name} (5 calls)\n")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=48))
+
+
+if __name__ == "__main__":
+    main()
