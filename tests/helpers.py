@@ -54,16 +54,19 @@ REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 def run_python(code: str, *args: str, env: dict[str, str] | None = None, cwd: str | None = None, timeout: int = 300):
     """Run ``code`` in a fresh interpreter of this venv; returns the CompletedProcess (text)."""
+    return _fresh_interpreter(["-c", code, *args], env, cwd, timeout)
+
+
+def _fresh_interpreter(argv: list[str], env: dict[str, str] | None, cwd: str | None, timeout: int):
     import os
     import subprocess
     import sys
 
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
-        env=full_env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         cwd=cwd,
         timeout=timeout,
     )
@@ -142,19 +145,8 @@ def run_cli(
     ``fresh_process`` asks for one: for what only a real process shows (the entry point, signals,
     pipes, a read that could block, where ``timeout`` applies).
     """
-    import os
-    import subprocess
-    import sys
-
     if env is not None or fresh_process:
-        return subprocess.run(
-            [sys.executable, "-m", "backbones", *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            cwd=cwd,
-            timeout=timeout,
-        )
+        return _fresh_interpreter(["-m", "backbones", *args], env, cwd, timeout)
     return _run_cli_in_process(list(args), cwd)
 
 

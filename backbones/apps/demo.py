@@ -161,11 +161,12 @@ def run_demo(
         "eager fp32": _throughput(model, x, seconds),
         "optimized fp32": _throughput(optimize(model, example_input=x), x, seconds),
     }
-    if mkldnn_fusion_available(torch.bfloat16):
+    native_bf16 = mkldnn_fusion_available(torch.bfloat16)
+    if native_bf16:
         rates["optimized bf16"] = _throughput(optimize(model, dtype=torch.bfloat16, example_input=x), x, seconds)
     shown = ", ".join(f"{name} {rate:.2f}" for name, rate in rates.items())
     print(f"throughput (images/s, batch 1, {x.shape[2]}x{x.shape[3]}, {torch.get_num_threads()} threads): {shown}")
-    if "optimized bf16" not in rates:
+    if not native_bf16:
         print(f"optimized bf16: {BF16_SKIPPED}")
     picture = save_feature_picture(
         out_dir / "features.png", image, {k: v[0] for k, v in pyramid.items()}, [f.stride for f in model.feature_info]

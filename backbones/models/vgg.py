@@ -21,6 +21,7 @@ from backbones.core.features import FeatureInfo
 from backbones.core.layers import (
     AdaptiveAvgPool2d,
     NormLayer,
+    conv2d,
     resolve_drop_rate,
     resolve_norm_layer,
     same_padding,
@@ -98,7 +99,7 @@ class VGG(Backbone):
         channels = in_chans
         for stage, (width, depth) in enumerate(zip(STAGE_WIDTHS, stage_depths, strict=True), start=1):
             for _ in range(depth):
-                layers.append(uninitialised(nn.Conv2d, channels, width, kernel_size=3, padding=same_padding(3)))
+                layers.append(conv2d(channels, width, kernel_size=3, padding=same_padding(3), init=False))
                 if norm is not None:
                     layers.append(norm(width))
                 layers.append(nn.ReLU(inplace=True))
