@@ -21,9 +21,10 @@ import backbones
 from backbones import ExportError
 from backbones.runtime.export import export_program, min_dynamic_size, output_names, program_to_onnx
 
-from .helpers import assert_one_line_error, fresh_model, relative_max_diff, run_cli
+from .helpers import assert_one_line_error, fresh_model, meta_model, relative_max_diff, run_cli
 
 ALL_MODELS = backbones.list_models()
+FPN_MODELS = backbones.list_models(kind="fpn")
 TOLERANCE = 1e-4
 
 # Together they hold every call form of every registered model's program (the smallest model that
@@ -64,9 +65,12 @@ def _representative_forms() -> set[str]:
     return set().union(*_REPRESENTATIVE_FORMS.values())
 
 
+# The FPN issue's sizes, at which an FPN's ONNX upsampling must follow the input.
+FPN_ONNX_SIZES = [(224, 224), (320, 480)]
+
+
 def _sizes(model: torch.nn.Module) -> list[tuple[int, int]]:
-    """Two sizes inside the exported range: the smallest square and an odd, wider one (the FPNs' upsampling
-    at the sizes of the FPN issue: test_fpn_exports_to_onnx_with_upsampling_that_follows_the_input_size)."""
+    """Two sizes inside the exported range: the smallest square and an odd, wider one."""
     base = max(96, min_dynamic_size(model))
     return [(base, base), (base + 33, base + 64)]
 
@@ -83,7 +87,8 @@ def _onnx_outputs(path: Path, x: torch.Tensor, session=None) -> list[np.ndarray]
 
 
 def _check_program(name: str, model: torch.nn.Module, program_module, session=None, onnx_path=None) -> None:
-    """The exported program (and the ONNX session, if any) against eager at two sizes and batches."""
+    """The exported program (and the ONNX session, if any) against eager at two sizes and batches;
+    an FPN's ONNX session also at the FPN issue's sizes, where its upsampling must follow the input."""
     small, large = _sizes(model)
     # ONNX at both sizes and both batches; the pt2 program (slower to run) at two of them.
     for (height, width), batch, with_pt2 in ((small, 1, True), (small, 3, False), (large, 1, False), (large, 3, True)):
@@ -96,9 +101,18 @@ def _check_program(name: str, model: torch.nn.Module, program_module, session=No
                 # Equal up to fp32 rounding: VGG's exported pooling sums where eager averages directly.
                 assert relative_max_diff(program_module(x), expected) <= 1e-5, f"pt2 {height}x{width} batch {batch}"
         if session is not None:
-            got = [torch.from_numpy(t) for t in _onnx_outputs(onnx_path, x, session)]
-            diff = relative_max_diff(got, expected)
-            assert diff <= TOLERANCE, f"onnx {height}x{width} batch {batch}: relative diff {diff:.2e}"
+            _check_onnx(session, onnx_path, x, expected)
+    if session is not None and name in FPN_MODELS:
+        for height, width in FPN_ONNX_SIZES:
+            x = torch.randn(2, 3, height, width)
+            with torch.no_grad():
+                _check_onnx(session, onnx_path, x, model(x))
+
+
+def _check_onnx(session, onnx_path: Path, x: torch.Tensor, expected) -> None:
+    got = [torch.from_numpy(t) for t in _onnx_outputs(onnx_path, x, session)]
+    diff = relative_max_diff(got, expected)
+    assert diff <= TOLERANCE, f"onnx {tuple(x.shape)}: relative diff {diff:.2e}"
 
 
 @EXPORT_GROUP
@@ -149,17 +163,9 @@ def test_call_forms_tell_apart_what_converters_translate_differently() -> None:
     assert forms("resnet34") == forms("resnet18")  # deeper, the same calls
 
 
-def test_fpn_exports_to_onnx_with_upsampling_that_follows_the_input_size(tmp_path: Path) -> None:
-    model = fresh_model("resnet18_fpn").eval()
-    path = backbones.export(model, tmp_path / "fpn.onnx", dynamic_size=True)
-    session = _session(path)
-    assert [o.name for o in session.get_outputs()] == ["0", "1", "2", "3", "pool"]
-    for size in ((224, 224), (320, 480)):
-        x = torch.randn(2, 3, *size)
-        with torch.no_grad():
-            expected = model(x)
-        got = [torch.from_numpy(t) for t in _onnx_outputs(path, x, session)]
-        assert relative_max_diff(got, expected) <= TOLERANCE
+def test_fpn_onnx_outputs_are_named_as_torchvision_names_fpn_levels() -> None:
+    # The representatives' test checks each ONNX file's outputs against output_names.
+    assert output_names(meta_model("resnet18_fpn")) == ["0", "1", "2", "3", "pool"]
 
 
 def test_torchscript_export_round_trip(tmp_path: Path) -> None:

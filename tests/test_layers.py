@@ -7,6 +7,7 @@ still a dependency, only a hidden one.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.cache  # parsed once: every per-module test reads the same graph
 def import_graph() -> dict[str, set[str]]:
     modules = package_modules()
     return {name: imported_modules(path, modules) for name, path in modules.items()}
