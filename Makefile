@@ -9,10 +9,14 @@ STAMP  := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# Python compiles each module when it is first imported, and keeps the bytecode: pip's compiling
+# of every file it installs (torch's CUDA build is 5.5 GB) took half of the 2-minute install.
+unexport PYTHONDONTWRITEBYTECODE
+
 # Re-install only when the dependency declarations change.
 $(STAMP): pyproject.toml requirements.txt | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-compile -r requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
