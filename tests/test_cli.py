@@ -151,7 +151,7 @@ def test_download_fetches_and_verifies_weights(hub_server, caches) -> None:
 
     model = backbones.create_model("resnet18")
     hub_server.publish("timm/resnet18.a1_in1k", {"model.safetensors": save(model.state_dict())})
-    result = run_cli("download", "resnet18.a1_in1k", "--quiet", env=caches)
+    result = run_cli("download", "resnet18.a1_in1k", "--quiet")
     assert result.returncode == 0, result.stderr
     assert f"resnet18.a1_in1k: {len(model.state_dict())} tensors" in result.stdout and "verified" in result.stdout
 

@@ -160,7 +160,7 @@ def test_device_cuda_runs_there_or_says_there_is_none(fine_tuned: Path, photos: 
 def test_download_accepts_a_hub_repo_and_it_then_loads_offline(hub_server, caches, fine_tuned: Path, photos) -> None:
     files = {name: (fine_tuned / name).read_bytes() for name in ("config.json", "model.safetensors")}
     hub_server.publish("tester/pets-resnet18", files)
-    result = run_cli("download", "tester/pets-resnet18", "--quiet", env=caches)
+    result = run_cli("download", "tester/pets-resnet18", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "tester/pets-resnet18: resnet18" in result.stdout and "cached and verified" in result.stdout
     offline = run_cli(

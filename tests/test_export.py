@@ -224,7 +224,7 @@ def test_export_with_pretrained_weights_from_the_hub_matches_pytorch(hub_server,
     weights = backbones.create_model("resnet18").state_dict()
     hub_server.publish("timm/resnet18.tv_in1k", {"model.safetensors": save(weights)})
     out = tmp_path / "pretrained.onnx"
-    result = run_cli("export", "resnet18.tv_in1k", "--pretrained", "--out", str(out), "--quiet", env=caches)
+    result = run_cli("export", "resnet18.tv_in1k", "--pretrained", "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "weights: resnet18.tv_in1k" in result.stdout
     model = backbones.create_model("resnet18.tv_in1k", pretrained=True, progress=False).eval()
