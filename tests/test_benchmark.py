@@ -14,8 +14,8 @@ from .helpers import run_cli
 
 def test_bench_command_writes_results_and_a_plot(tmp_path: Path) -> None:
     # fp32 and int8: every kind of variant (torchvision's, timm's, ours, onnxruntime's). The bf16
-    # variants are the same code with another dtype, and on CPUs without bf16 instructions they
-    # run emulated, a second and a half a call.
+    # variants are the same code with another dtype, and on CPUs without bf16 instructions
+    # torchvision's bf16 autocast runs emulated, a second and a half a call.
     result = run_cli(
         "bench", "--models", "googlenet_v1", "--batches", "1", "--compile-batches", "--fpn-sizes", "--seconds", "0.1",
         "--threads", "1", "--no-extras", "--dtype", "fp32", "int8", "--out", str(tmp_path),

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import backbones
+from backbones.runtime.bf16 import Bf16ConvOnFloat32Kernels
 from backbones.runtime.fusion import FusedConv2d
 
 from .helpers import flatten_outputs, fresh_model, meta_model, per_model, relative_max_diff, test_input_size
@@ -132,6 +133,28 @@ def test_bf16_fast_path_agrees_on_top1_for_99_percent(name: str) -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         autocast_agreement = (model(x).argmax(dim=1) == expected).float().mean().item()
     assert agreement >= autocast_agreement - 1 / len(x), (agreement, autocast_agreement)
+
+
+def test_bf16_without_bf16_instructions_convolves_on_float32_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a CPU without bf16 instructions takes (forced here on any CPU): bf16 weights, each
+    convolution computed as a native bf16 one is (bf16 values, float32 sums, a bf16 result)."""
+    import backbones.runtime.optimize as optimize_module
+
+    monkeypatch.setattr(optimize_module, "mkldnn_fusion_available", lambda dtype=torch.float32: False)
+    model = fresh_model("resnet18").eval()
+    x = _batch(model, 4)
+    fast = backbones.optimize(model, dtype=torch.bfloat16, example_input=x)
+    convolutions = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert fast.bf16_on_float32_kernels == len(convolutions) == 20 and fast.fused_convolutions == 0
+    assert all(isinstance(m, Bf16ConvOnFloat32Kernels) and m.weight.dtype == torch.bfloat16 for m in convolutions)
+    conv = convolutions[0]
+    image = x[:1].to(torch.bfloat16)
+    with torch.no_grad():
+        widened = F.conv2d(image.double(), conv.weight.double(), None, conv.stride, conv.padding)
+        assert conv(image).dtype == torch.bfloat16
+        torch.testing.assert_close(conv(image).double(), widened.to(torch.bfloat16).double(), rtol=2**-7, atol=1e-6)
+        expected = model(x)
+    assert _cosine(fast(x), expected).min() >= BF16_COSINE
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -288,7 +288,8 @@ def build_variants(
             factories["torchvision quantized int8"] = lambda: _torchvision_quantized(arch, tv, calibration)
         factories["onnxruntime int8"] = lambda: _OnnxRuntimeInt8(ours, calibration)
     if not mkldnn_fusion_available(torch.bfloat16):
-        # oneDNN's bf16 kernels need AVX-512 (bw, vl, dq) or AVX-NE-CONVERT; ours cannot run here.
+        # oneDNN's bf16 kernels need AVX-512 (bw, vl, dq) or AVX-NE-CONVERT; without them ours runs on
+        # the fp32 kernels (backbones.runtime.bf16): fp32's speed, no bf16 speed to measure.
         factories = {n: f for n, f in factories.items() if not (n.startswith("ours") and variant_dtype(n) == "bf16")}
     assert set(factories) <= set(VARIANTS), sorted(set(factories) - set(VARIANTS))
     wanted = [n for n in factories if (only is None or n in only) and (n == BASELINE or variant_dtype(n) in dtypes)]
@@ -458,8 +459,8 @@ def conv_ceiling(threads: int, repeats: int = 7) -> dict[str, float]:
     """GFLOP/s of one 3x3 convolution, 256 -> 256 channels on [8, 256, 56, 56] channels-last, per dtype:
     the rate the optimized paths work under on this machine (oneDNN fp32/bf16, the x86 int8 engine).
 
-    bf16 is left out on CPUs where oneDNN has no bf16 kernels: our bf16 path does not run there
-    either, and PyTorch's emulated bf16 convolution is no ceiling of anything."""
+    bf16 is left out on CPUs where oneDNN has no bf16 kernels: our bf16 path runs on the fp32 kernels
+    there, and PyTorch's emulated bf16 convolution is no ceiling of anything."""
     import torch.ao.nn.quantized as nnq
 
     from backbones.runtime.quantize import quantized_engine

@@ -2,7 +2,8 @@
 
 What it does, in order: a private copy in eval mode without gradients; the forward traced with
 torch.fx; BatchNorm folded into the convolutions; weights in ``bfloat16`` if asked (about twice the
-fp32 convolution rate on CPUs with AVX-512 bf16, more with AMX); channels-last memory layout; convolutions fused
+fp32 convolution rate on CPUs with AVX-512 bf16, more with AMX; on a CPU without bf16 instructions,
+bf16's numerics at fp32's speed, see :mod:`backbones.runtime.bf16`); channels-last memory layout; convolutions fused
 with their ReLU and residual addition into oneDNN kernels on pre-packed weights; and, with
 ``compile=True``, torch.compile with freezing instead of the last step (inductor then does its
 own fusion and packing). Inputs are checked and converted, outputs come back in the input's dtype,
@@ -36,6 +37,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_map
 
 from backbones.core.inputs import check_image_batch
+from backbones.runtime.bf16 import convolve_bf16_on_float32_kernels
 from backbones.runtime.fusion import folded_copy, fuse_conv_pointwise, mkldnn_fusion_available
 from backbones.runtime.quantize import QuantizationReport, drop_traced_weight_checks, quantize_int8
 from backbones.runtime.quantize_pt2e import quantize_int8_compiled
@@ -73,6 +75,8 @@ class OptimizedModel(nn.Module):
     Attributes:
         dtype: The dtype the network computes in (``torch.qint8`` for int8).
         fused_convolutions: How many convolutions run as fused oneDNN kernels.
+        bf16_on_float32_kernels: How many bf16 convolutions run on the float32 kernel, on a CPU
+            without bf16 instructions (see :mod:`backbones.runtime.bf16`).
         folded_norms: How many BatchNorm layers were folded away.
         compiled: Whether torch.compile runs the network.
         int8_layers: How many convolutions and linear layers run in int8 (0 unless int8).
@@ -88,6 +92,7 @@ class OptimizedModel(nn.Module):
         self.input_dtype = torch.float32 if dtype == torch.qint8 else dtype
         self.compiled = compiled
         self.fused_convolutions = 0
+        self.bf16_on_float32_kernels = 0
         self.folded_norms = 0
         self.quantization: QuantizationReport | None = None
         self.in_chans = getattr(source, "in_chans", 3)
@@ -125,9 +130,12 @@ class OptimizedModel(nn.Module):
                 f"dtype=int8, engine={self.quantization.engine}, int8_layers={self.int8_layers}, "
                 f"float_layers={len(self.float_layers)}, calibration_batches={self.quantization.calibration_batches}"
             )
+        on_float32_kernels = (
+            f", bf16_on_float32_kernels={self.bf16_on_float32_kernels}" if self.bf16_on_float32_kernels else ""
+        )
         return (
             f"dtype={self.dtype}, compiled={self.compiled}, folded_norms={self.folded_norms}, "
-            f"fused_convolutions={self.fused_convolutions}"
+            f"fused_convolutions={self.fused_convolutions}{on_float32_kernels}"
         )
 
 
@@ -181,13 +189,17 @@ def optimize(
     example = None
     if example_input is not None:
         example = example_input.to(dtype=dtype, memory_format=torch.channels_last)
-    fused = 0
+    fused = on_float32_kernels = 0
+    on_cpu = next(iter([*network.parameters(), torch.empty(0)])).device.type == "cpu"
     if compile:
         network = torch.compile(network, options={"freezing": True})
-    elif mkldnn_fusion_available(dtype) and next(iter([*network.parameters(), torch.empty(0)])).device.type == "cpu":
+    elif mkldnn_fusion_available(dtype) and on_cpu:
         fused = fuse_conv_pointwise(network, example)
+    elif dtype == torch.bfloat16 and on_cpu:
+        on_float32_kernels = convolve_bf16_on_float32_kernels(network)
     result = OptimizedModel(network, model, dtype, compiled=compile)
     result.folded_norms, result.fused_convolutions = folded, fused
+    result.bf16_on_float32_kernels = on_float32_kernels
     return result.eval()
 
 
