@@ -250,6 +250,23 @@ def test_unwritable_paths_are_a_clear_error(tmp_path: Path) -> None:
         backbones.export(fresh_model("resnet18"), folder)
 
 
+@pytest.mark.parametrize(("suffix", "writer"), [(".pt2", "torch.export.save"), (".pt", "torch.jit.save")])
+def test_an_export_killed_while_writing_leaves_no_file(
+    suffix: str, writer: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def killed_halfway(_program, destination, *args, **kwargs) -> None:
+        if hasattr(destination, "write"):
+            destination.write(b"half a file")
+        else:
+            Path(destination).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        backbones.export(fresh_model("resnet18"), tmp_path / f"model{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_export_errors_are_one_line(tmp_path: Path) -> None:
     result = run_cli("export", "resnet18", "--out", str(tmp_path / "missing" / "m.onnx"))
     assert_one_line_error(result, "cannot write", "does not exist")

@@ -304,14 +304,18 @@ def export(
         )
     network = _prepare(model, fold_norms=optimize)
     if format == "torchscript":
-        torch.jit.save(torch.jit.script(network), str(path))
+        scripted = torch.jit.script(network)
+        with atomic_path(path) as tmp:
+            torch.jit.save(scripted, str(tmp))
         return path
     # Both other formats start from the same torch.export program.
     program = export_program(
         network, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, example_input=example_input
     )
     if format == "pt2":
-        torch.export.save(program, str(path))
+        # A file object: torch.export.save wants a path to end in .pt2, and the temporary name does not.
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
+            torch.export.save(program, file)
     else:
         program_to_onnx(program, path, output_names(network), opset=opset, optimize=optimize, check=check)
     return path
