@@ -396,13 +396,15 @@ def _name_dynamic_axes(model: Any) -> None:
     }
     if not renames:
         return
+
+    def renamed(dim: Any) -> Any:
+        return renames.get(dim.value, dim) if isinstance(dim, ir.SymbolicDim) else dim
+
     nodes = ir.traversal.RecursiveGraphIterator(model.graph)
     for value in [*model.graph.inputs, *model.graph.outputs, *(v for node in nodes for v in node.outputs)]:
-        dims = list(value.shape or ())
-        if any(isinstance(d, ir.SymbolicDim) and d.value in renames for d in dims):
-            value.shape = ir.Shape(
-                [renames[d.value] if isinstance(d, ir.SymbolicDim) and d.value in renames else d for d in dims]
-            )
+        dims = [renamed(dim) for dim in value.shape or ()]
+        if any(new is not old for new, old in zip(dims, value.shape or (), strict=True)):
+            value.shape = ir.Shape(dims)
 
 
 def _export_onnx_int8(
