@@ -196,3 +196,19 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def replace_an_operator() -> tuple[object, str]:
+    """Make ``torch.library`` replace an operator object, as importing torch's quantization does.
+
+    Defining a second overload of an operator whose ``torch.ops`` packet exists gives the packet a
+    new operator object; TorchScript's builtin table keeps the freed one's id. Returns the library
+    (keep it alive for the test) and the operator's qualified name.
+    """
+    import uuid
+
+    namespace = f"backbones_test_{uuid.uuid4().hex[:12]}"
+    library = torch.library.Library(namespace, "DEF")
+    library.define("twice(Tensor x) -> Tensor")
+    library.define("twice.scaled(Tensor x, float scale) -> Tensor")
+    return library, f"{namespace}::twice"

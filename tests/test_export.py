@@ -20,8 +20,16 @@ import torch
 import backbones
 from backbones import ExportError
 from backbones.runtime.export import export_program, min_dynamic_size, output_names, program_to_onnx
+from backbones.runtime.torchscript_builtins import forget_replaced_operators, replaced_operator_ids
 
-from .helpers import assert_one_line_error, fresh_model, meta_model, relative_max_diff, run_cli
+from .helpers import (
+    assert_one_line_error,
+    fresh_model,
+    meta_model,
+    relative_max_diff,
+    replace_an_operator,
+    run_cli,
+)
 
 ALL_MODELS = backbones.list_models()
 FPN_MODELS = backbones.list_models(kind="fpn")
@@ -176,6 +184,25 @@ def test_torchscript_export_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert relative_max_diff(torch.jit.load(str(path))(x), model.eval()(x)) <= 1e-6
+
+
+def test_forgetting_replaced_operators_drops_only_the_freed_operators_ids() -> None:
+    _library, name = replace_an_operator()
+    table = torch.jit._builtins._get_builtin_table()
+    live_id = id(getattr(torch.ops, name.split("::")[0]).twice._op)
+    assert sorted(key for key, value in table.items() if value == name) != [live_id]  # the freed one is there
+    forget_replaced_operators()
+    assert [key for key, value in table.items() if value == name] == [live_id]
+    assert table[id(torch.add)] == "aten::add"  # entries of other kinds stay
+
+
+def test_torchscript_export_forgets_the_operators_torch_library_replaced(tmp_path: Path) -> None:
+    # A freed operator's id can be reused by a module's list, which TorchScript then takes for the
+    # operator ("builtin cannot be used as a value" in Conv2d._conv_forward).
+    _library, _ = replace_an_operator()
+    assert replaced_operator_ids()
+    backbones.export(fresh_model("resnet18"), tmp_path / "resnet18.pt")
+    assert replaced_operator_ids() == []
 
 
 def test_optimize_folds_batchnorm_and_keeps_the_outputs(tmp_path: Path) -> None:

@@ -16,9 +16,10 @@ from backbones.data.calibration import calibration_batches
 from backbones.data.datasets import open_dataset
 from backbones.runtime.export import ExportError
 from backbones.runtime.quantize import cpu_has_vnni
-from backbones.runtime.quantize_pt2e import separate_shared_modules
+from backbones.runtime.quantize_pt2e import separate_shared_modules, torchao_available
+from backbones.runtime.torchscript_builtins import replaced_operator_ids
 
-from .helpers import flatten_outputs, fresh_model, per_model
+from .helpers import flatten_outputs, fresh_model, per_model, replace_an_operator
 
 SQNR_FLOOR_DB = 25.0  # issue 15: int8 output vs fp32 on inputs not used for calibration
 TOP1_MARGIN_POINTS = 0.5  # issue 15: fine-tuned int8 top-1 within half a point of fp32
@@ -155,6 +156,19 @@ def test_quantizing_an_optimized_model_again_is_one_clear_error() -> None:
     fast = backbones.optimize(model, dtype="int8", calibration=batch)
     with pytest.raises(ValueError, match=r"already optimized.*original float model"):
         backbones.optimize(fast, dtype="int8", calibration=batch)
+
+
+@pytest.mark.parametrize("flow", ["fx", "pt2e"])
+def test_int8_flows_forget_the_operators_their_imports_replace(flow: str) -> None:
+    # Importing torch's FX quantization or torchao replaces two quantized_decomposed operators; a
+    # later torch.jit.script in the same process could take a module's list for one of them.
+    _library, _ = replace_an_operator()  # the imports replace theirs only once a process
+    assert replaced_operator_ids()
+    if flow == "fx":
+        backbones.optimize(fresh_model("resnet18"), dtype="int8", calibration=torch.randn(2, 3, 32, 32))
+    else:
+        assert torchao_available()  # what the pt2e flow calls right after importing torchao
+    assert replaced_operator_ids() == []
 
 
 def test_one_calibration_batch_gives_a_working_int8_model() -> None:

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from backbones.core.files import atomic_path
 from backbones.core.layers import FrozenBatchNorm2d
+from backbones.runtime.torchscript_builtins import forget_replaced_operators
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -304,6 +305,7 @@ def export(
         )
     network = _prepare(model, fold_norms=optimize)
     if format == "torchscript":
+        forget_replaced_operators()
         scripted = torch.jit.script(network)
         with atomic_path(path) as tmp:
             torch.jit.save(scripted, str(tmp))

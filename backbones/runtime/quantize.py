@@ -30,6 +30,7 @@ from torch import Tensor
 
 from backbones.core.inputs import check_image_batch
 from backbones.runtime.fusion import folded_copy
+from backbones.runtime.torchscript_builtins import forget_replaced_operators
 
 __all__ = [
     "QuantizationReport",
@@ -239,6 +240,8 @@ def quantize_int8(model: nn.Module, calibration: Tensor | Iterable) -> tuple[tor
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     from backbones.models.inception import InputRenormalize
+
+    forget_replaced_operators()
 
     batches = calibration_tensors(calibration, getattr(model, "in_chans", 3), getattr(model, "min_input_size", 1))
     engine = quantized_engine()

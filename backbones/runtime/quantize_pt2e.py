@@ -35,6 +35,7 @@ from backbones.runtime.quantize import (
     drop_traced_weight_checks,
     quantized_engine,
 )
+from backbones.runtime.torchscript_builtins import forget_replaced_operators
 
 __all__ = ["quantize_int8_compiled", "separate_shared_modules", "torchao_available"]
 
@@ -47,6 +48,7 @@ def torchao_available() -> bool:
         import torchao.quantization.pt2e  # noqa: F401
     except ImportError:
         return False
+    forget_replaced_operators()
     return True
 
 
