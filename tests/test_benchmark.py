@@ -17,18 +17,18 @@ def test_bench_command_writes_results_and_a_plot(tmp_path: Path) -> None:
     # variants are the same code with another dtype, and on CPUs without bf16 instructions
     # torchvision's bf16 autocast runs emulated, a second and a half a call.
     result = run_cli(
-        "bench", "--models", "googlenet_v1", "--batches", "1", "--compile-batches", "--fpn-sizes", "--seconds", "0.1",
+        "bench", "--models", "resnet18", "--batches", "1", "--compile-batches", "--fpn-sizes", "--seconds", "0.1",
         "--threads", "1", "--no-extras", "--dtype", "fp32", "int8", "--out", str(tmp_path),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "RESULTS.md").read_text()
-    assert "## Machine" in report and "### googlenet_v1 batch 1 224x224" in report
-    speed = report.split("### googlenet_v1 batch 1 224x224", 1)[1].split("\n## ", 1)[0]
+    assert "## Machine" in report and "### resnet18 batch 1 224x224" in report
+    speed = report.split("### resnet18 batch 1 224x224", 1)[1].split("\n## ", 1)[0]
     timed = (BASELINE, "ours eager fp32", "ours optimized fp32", "ours int8", "torchvision quantized int8")
     for variant in (*timed, "onnxruntime int8"):
         assert re.search(rf"^\| {variant} \| [0-9.]+ \|", speed, re.MULTILINE), variant
-    assert "| googlenet_v1 batch 1 224x224 | ours int8 | ours optimized fp32 | (none) |" in report
-    sizes = report.split("### googlenet_v1 weights as saved (MB)", 1)[1]
+    assert "| resnet18 batch 1 224x224 | ours int8 | ours optimized fp32 | (none) |" in report
+    sizes = report.split("### resnet18 weights as saved (MB)", 1)[1]
     for form in (
         BASELINE,
         "ours eager fp32",

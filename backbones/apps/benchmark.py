@@ -174,7 +174,12 @@ def _models(
 
 
 # torchvision's post-training-quantizable models (x86 engine), by our architecture name.
-_TV_QUANTIZED = {"resnet50": "resnet50", "googlenet_v1": "googlenet", "inception_v3": "inception_v3"}
+_TV_QUANTIZED = {
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "googlenet_v1": "googlenet",
+    "inception_v3": "inception_v3",
+}
 CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 4, 8
 # Larger inputs (the FPN's) calibrate on fewer batches, as many pixels as 4 x 8 images at 299x299:
 # the histogram observers' cost grows with the pixels (one batch of 8 FPN images at 800x1344 took
@@ -211,7 +216,7 @@ def _torchvision_quantized(arch: str, tv: nn.Module, calibration: list[torch.Ten
     from backbones.runtime.quantize import quantized_engine
 
     engine = quantized_engine()
-    options = {"aux_logits": False, "init_weights": False} if arch != "resnet50" else {}
+    options = {} if arch.startswith("resnet") else {"aux_logits": False, "init_weights": False}
     model = getattr(tvq, _TV_QUANTIZED[arch])(weights=None, quantize=False, **options).eval()
     model.load_state_dict(tv.state_dict())
     with warnings.catch_warnings():
