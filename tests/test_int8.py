@@ -55,7 +55,7 @@ def _signal_preserving(model: torch.nn.Module) -> torch.nn.Module:
         for module in model.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
                 fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5)
+                module.weight.normal_(0, (2 / fan_in) ** 0.5, generator=generator)  # in place: VGG has 138M
                 if module.bias is not None:
                     module.bias.zero_()
     return model
