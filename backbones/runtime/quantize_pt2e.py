@@ -33,6 +33,7 @@ from backbones.runtime.quantize import (
     calibration_tensors,
     cpu_has_vnni,
     drop_traced_weight_checks,
+    forget_quantized_modules,
     quantized_engine,
 )
 from backbones.runtime.torchscript_builtins import forget_replaced_operators
@@ -145,6 +146,7 @@ def quantize_int8_compiled(model: nn.Module, calibration: Tensor | Iterable) -> 
             for batch in batches:
                 prepared(batch.contiguous(memory_format=torch.channels_last))
         converted = convert_pt2e(prepared)
+    forget_quantized_modules()
     report = _report(converted, engine, len(batches))
     allow_exported_model_train_eval(converted)  # OptimizedModel sets eval mode, a no-op here
     return FrozenCompiled(converted, tuple(example.shape[-2:])), report
