@@ -11,6 +11,7 @@ representatives, and every other model's program must use no call form they lack
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,20 @@ def test_torchscript_export_round_trip(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         assert relative_max_diff(torch.jit.load(str(path))(x), model.eval()(x)) <= 1e-6
+
+
+def test_a_dynamic_size_export_shows_no_unreduced_inequality_traceback() -> None:
+    # torch's shape solver logs a sympy traceback for VGG's size constraints, then goes on.
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    shapes_log.addHandler(handler)
+    try:
+        export_program(fresh_model("vgg11").eval(), dynamic_batch=True, dynamic_size=True)
+    finally:
+        shapes_log.removeHandler(handler)
+    assert not [m for m in messages if "Failed to reduce inequalities" in m]
 
 
 def test_forgetting_replaced_operators_drops_only_the_freed_operators_ids() -> None:

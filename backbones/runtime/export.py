@@ -12,8 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +349,8 @@ def export_program(
     """
     x = example_input if example_input is not None else _example_input(model, batch=2)
     shapes = export_dynamic_shapes(model, dynamic_batch, dynamic_size)
-    return torch.export.export(model, (x,), dynamic_shapes=shapes)
+    with _without_unreduced_inequality_warnings():
+        return torch.export.export(model, (x,), dynamic_shapes=shapes)
 
 
 def program_to_onnx(
@@ -373,10 +377,11 @@ def program_to_onnx(
         ) from None
     check_opset(opset)
     path = Path(path)
-    onnx_program = torch.onnx.export(
-        program, dynamo=True, opset_version=opset, input_names=[INPUT_NAME], output_names=output_names,
-        optimize=optimize, verbose=False,
-    )  # fmt: skip
+    with _without_unreduced_inequality_warnings():
+        onnx_program = torch.onnx.export(
+            program, dynamo=True, opset_version=opset, input_names=[INPUT_NAME], output_names=output_names,
+            optimize=optimize, verbose=False,
+        )  # fmt: skip
     # Renamed in memory, then written once: VGG's file is half a gigabyte.
     _name_dynamic_axes(onnx_program.model)
     with atomic_path(path) as tmp:
@@ -384,6 +389,29 @@ def program_to_onnx(
     if check:
         onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+class _DropUnreducedInequalities(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to reduce inequalities")
+
+
+@contextlib.contextmanager
+def _without_unreduced_inequality_warnings() -> Iterator[None]:
+    """Drop torch's "Failed to reduce inequalities" warnings while exporting.
+
+    With a dynamic size, torch's shape solver tries to simplify the range constraints of VGG's and
+    GoogLeNet's sizes, fails inside sympy's printer, logs the traceback at warning level, and goes
+    on: the program is the same and matches eager (the export tests check both). A user would see a
+    30-line traceback for nothing. Other messages of that logger pass.
+    """
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    drop = _DropUnreducedInequalities()
+    shapes_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        shapes_log.removeFilter(drop)
 
 
 def _name_dynamic_axes(model: Any) -> None:
