@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import sys
@@ -16,7 +17,7 @@ import backbones
 from backbones.data.calibration import calibration_batches
 from backbones.data.datasets import open_dataset
 from backbones.runtime.export import ExportError
-from backbones.runtime.quantize import cpu_has_vnni
+from backbones.runtime.quantize import _WithoutPlaceholderWork, cpu_has_vnni
 from backbones.runtime.quantize_pt2e import separate_shared_modules, torchao_available
 from backbones.runtime.torchscript_builtins import replaced_operator_ids
 
@@ -215,10 +216,19 @@ def test_int8_misuse_is_one_clear_error(options: dict, message: str) -> None:
         backbones.optimize(fresh_model("resnet18"), dtype="int8", **options)
 
 
-def test_compiled_int8_takes_the_pt2e_flow_and_meets_the_sqnr_floor_at_any_batch_size() -> None:
+# The tests that run torch.compile share a worker (one warm-up of Inductor), and the pt2e ones one
+# network and calibration: the second compiles what the first did, from Inductor's cache.
+COMPILING = pytest.mark.xdist_group("torch-compile")
+
+
+def _resnet18_and_digits() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
     model = _signal_preserving(fresh_model("resnet18")).eval()
-    calibration = _digits(model, "train", batches=2, batch_size=4)
-    held_out = _digits(model, "val", batches=1, batch_size=4)[0]
+    return model, _digits(model, "train", batches=2, batch_size=4), _digits(model, "val", batches=1, batch_size=4)[0]
+
+
+@COMPILING
+def test_compiled_int8_takes_the_pt2e_flow_and_meets_the_sqnr_floor_at_any_batch_size() -> None:
+    model, calibration, held_out = _resnet18_and_digits()
     fast = backbones.optimize(model, dtype="int8", compile=True, calibration=calibration)
     with torch.no_grad():
         expected = model(held_out)
@@ -278,15 +288,15 @@ def test_a_module_called_twice_gets_a_copy_per_call_for_the_pt2e_quantizer() -> 
     ],
     ids=["fx", "pt2e"],
 )
+@COMPILING
 def test_an_int8_model_is_freed_when_dropped(compile: bool) -> None:
     # torch.ao caches every module it quantizes (an unbounded lru_cache): 0.6 GB per VGG-11 kept
     # for the life of the process unless the quantizer empties it.
-    calibration = torch.randn(2, 3, 32, 32)
-    model = fresh_model("resnet18")
+    model, calibration, held_out = _resnet18_and_digits()
     gc.collect()
     before = _graph_modules()
     fast = backbones.optimize(model, dtype="int8", compile=compile, calibration=calibration)
-    fast(calibration)
+    fast(held_out)
     # Only the networks this call made: other tests' may be freed meanwhile (an evicting cache).
     made = [module for key, module in _graph_modules().items() if key not in before]
     assert made  # the traced, prepared and converted networks
@@ -298,6 +308,27 @@ def test_an_int8_model_is_freed_when_dropped(compile: bool) -> None:
 def _graph_modules() -> dict[int, weakref.ref]:
     # type(), not isinstance(): the heap holds weak proxies whose referents are gone.
     return {id(o): weakref.ref(o) for o in gc.get_objects() if issubclass(type(o), torch.fx.GraphModule)}
+
+
+def test_conversion_packs_placeholder_weights_small_and_real_weights_whole() -> None:
+    """What int8 conversion skips (VGG's 102M-weight placeholder packing) is only what it overwrites."""
+    from torch.ao.nn import quantized as nnq
+
+    weight = torch.quantize_per_tensor(torch.randn(20, 30), 0.05, 0, torch.qint8)
+    bias = torch.randn(20)
+    x = torch.quantize_per_tensor(torch.randn(2, 30), 0.05, 64, torch.quint8)
+    layers = []
+    for mode in (_WithoutPlaceholderWork(), contextlib.nullcontext()):
+        with mode:
+            layer = nnq.Linear(30, 20)
+            placeholder = layer._packed_params._packed_params
+            layer.set_weight_bias(weight, bias)
+        layers.append((layer, placeholder))
+    (skipped, small), (default, full) = layers
+    assert torch.ops.quantized.linear_unpack(small)[0].shape == (1, 1)
+    assert torch.ops.quantized.linear_unpack(full)[0].shape == (20, 30)
+    assert torch.equal(skipped.weight().int_repr(), weight.int_repr())
+    assert torch.equal(skipped(x).int_repr(), default(x).int_repr())
 
 
 def test_calibration_is_refused_for_float_dtypes() -> None:

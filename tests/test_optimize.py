@@ -157,6 +157,7 @@ def test_bf16_without_bf16_instructions_convolves_on_float32_kernels(monkeypatch
     assert _cosine(fast(x), expected).min() >= BF16_COSINE
 
 
+@pytest.mark.xdist_group("torch-compile")  # with test_int8's: one worker warms Inductor up
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_fast_path_matches_eager(dtype: torch.dtype) -> None:
     model = fresh_model("resnet18").eval()
