@@ -217,7 +217,7 @@ def test_int8_misuse_is_one_clear_error(options: dict, message: str) -> None:
 
 
 # The tests that run torch.compile share a worker (one warm-up of Inductor), and the pt2e ones one
-# network and calibration: the second compiles what the first did, from Inductor's cache.
+# network and calibration: compiled again in one process, its first call took 3.3 s, the first 11.0.
 COMPILING = pytest.mark.xdist_group("torch-compile")
 
 
