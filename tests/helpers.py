@@ -104,6 +104,13 @@ def per_model(cases: Iterable[str | tuple], id: Callable[..., str] | None = None
     ]
 
 
+def compiling(test: Callable) -> Callable:
+    """Mark a test that runs torch.compile: such tests share one worker, which warms Inductor up once."""
+    import pytest
+
+    return pytest.mark.xdist_group("torch-compile")(test)
+
+
 _PRISTINE: dict[tuple[str, tuple], nn.Module] = {}
 
 

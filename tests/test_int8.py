@@ -21,7 +21,7 @@ from backbones.runtime.quantize import _WithoutPlaceholderWork, cpu_has_vnni
 from backbones.runtime.quantize_pt2e import separate_shared_modules, torchao_available
 from backbones.runtime.torchscript_builtins import replaced_operator_ids
 
-from .helpers import flatten_outputs, fresh_model, per_model, replace_an_operator
+from .helpers import compiling, flatten_outputs, fresh_model, per_model, replace_an_operator
 
 SQNR_FLOOR_DB = 25.0  # issue 15: int8 output vs fp32 on inputs not used for calibration
 TOP1_MARGIN_POINTS = 0.5  # issue 15: fine-tuned int8 top-1 within half a point of fp32
@@ -216,17 +216,14 @@ def test_int8_misuse_is_one_clear_error(options: dict, message: str) -> None:
         backbones.optimize(fresh_model("resnet18"), dtype="int8", **options)
 
 
-# The tests that run torch.compile share a worker (one warm-up of Inductor), and the pt2e ones one
-# network and calibration: compiled again in one process, its first call took 3.3 s, the first 11.0.
-COMPILING = pytest.mark.xdist_group("torch-compile")
-
-
+# The pt2e tests share one network and calibration (and, through `compiling`, a worker): compiled
+# again in one process, its first call took 3.3 s, the first 11.0.
 def _resnet18_and_digits() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
     model = _signal_preserving(fresh_model("resnet18")).eval()
     return model, _digits(model, "train", batches=2, batch_size=4), _digits(model, "val", batches=1, batch_size=4)[0]
 
 
-@COMPILING
+@compiling
 def test_compiled_int8_takes_the_pt2e_flow_and_meets_the_sqnr_floor_at_any_batch_size() -> None:
     model, calibration, held_out = _resnet18_and_digits()
     fast = backbones.optimize(model, dtype="int8", compile=True, calibration=calibration)
@@ -288,7 +285,7 @@ def test_a_module_called_twice_gets_a_copy_per_call_for_the_pt2e_quantizer() -> 
     ],
     ids=["fx", "pt2e"],
 )
-@COMPILING
+@compiling
 def test_an_int8_model_is_freed_when_dropped(compile: bool) -> None:
     # torch.ao caches every module it quantizes (an unbounded lru_cache): 0.6 GB per VGG-11 kept
     # for the life of the process unless the quantizer empties it.

@@ -10,7 +10,7 @@ import backbones
 from backbones.runtime.bf16 import Bf16ConvOnFloat32Kernels
 from backbones.runtime.fusion import FusedConv2d
 
-from .helpers import flatten_outputs, fresh_model, meta_model, per_model, relative_max_diff, test_input_size
+from .helpers import compiling, flatten_outputs, fresh_model, meta_model, per_model, relative_max_diff, test_input_size
 
 ALL_MODELS = backbones.list_models()
 FP32_TOLERANCE = 1e-4
@@ -157,7 +157,7 @@ def test_bf16_without_bf16_instructions_convolves_on_float32_kernels(monkeypatch
     assert _cosine(fast(x), expected).min() >= BF16_COSINE
 
 
-@pytest.mark.xdist_group("torch-compile")  # with test_int8's: one worker warms Inductor up
+@compiling
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_fast_path_matches_eager(dtype: torch.dtype) -> None:
     model = fresh_model("resnet18").eval()
