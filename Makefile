@@ -13,10 +13,16 @@ $(PY):
 # of every file it installs (torch's CUDA build is 5.5 GB) took half of the 2-minute install.
 unexport PYTHONDONTWRITEBYTECODE
 
-# Re-install only when the dependency declarations change.
+# uv installs what pip would, in a third of the time: 20 s against pip's 56 s here, most of it
+# torch's 5.5 GB CUDA build. uv reads no pip configuration, so the constraints pip is configured
+# with (this machine caps torch's version) are passed on. Where uv cannot be had or fails, pip
+# installs. Re-install only when the dependency declarations change.
+PIP_CONSTRAINTS = $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^.*\.constraint='\(.*\)'$$/\1/p")
+
 $(STAMP): pyproject.toml requirements.txt | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	( $(PY) -m pip install --quiet uv && \
+	  $(PY) -m uv pip install --quiet --python $(PY) $(addprefix --constraint ,$(PIP_CONSTRAINTS)) -r requirements.txt ) || \
+	( $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet --no-compile -r requirements.txt )
 	touch $(STAMP)
 
 demo: $(STAMP)

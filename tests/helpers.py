@@ -136,6 +136,16 @@ def meta_model(name: str, **kwargs) -> nn.Module:
         return backbones.create_model(name, **kwargs)
 
 
+def zeroed_model(name: str, **kwargs) -> nn.Module:
+    """A registered model with every weight zero: for tests of shapes and structure, built without
+    drawing random weights (VGG's 138M take a second)."""
+    model = meta_model(name, **kwargs).to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            tensor.zero_()
+    return model
+
+
 def run_cli(
     *args: str,
     env: dict[str, str] | None = None,

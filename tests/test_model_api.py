@@ -9,20 +9,16 @@ import torch
 
 import backbones
 
-from .helpers import fresh_model, meta_model, per_model, test_input_size
+from .helpers import fresh_model, meta_model, per_model, test_input_size, zeroed_model
 
 CLASSIFIERS = backbones.list_models(kind="classifier")
 CFG_KEYS = {"input_size", "resize_size", "crop_size", "interpolation", "mean", "std", "num_classes", "class_names"}
 
 
-def _eval_model(name: str, **kwargs) -> torch.nn.Module:
-    return fresh_model(name, **kwargs).eval()
-
-
 @pytest.fixture(scope="module", params=per_model(CLASSIFIERS))
 def shared_model(request: pytest.FixtureRequest) -> torch.nn.Module:
     """Each classifier built once per worker, in eval mode; tests that change it take a copy."""
-    return backbones.create_model(request.param).eval()
+    return fresh_model(request.param).eval()
 
 
 def test_forward_is_forward_head_of_forward_features(shared_model: torch.nn.Module) -> None:
@@ -68,7 +64,7 @@ def test_num_classes_zero_builds_no_classifier(name: str) -> None:
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_in_chans_changes_the_first_convolution(name: str) -> None:
-    model = _eval_model(name, in_chans=1)
+    model = zeroed_model(name, in_chans=1).eval()
     size = test_input_size(model)
     with torch.no_grad():
         assert model(torch.randn(1, 1, size, size)).shape == (1, 1000)

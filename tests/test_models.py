@@ -16,14 +16,14 @@ import torch
 import backbones
 from backbones.core.registry import get_model_entry
 
-from .helpers import flatten_outputs, per_model, relative_max_diff, test_input_size
+from .helpers import flatten_outputs, fresh_model, per_model, relative_max_diff, test_input_size
 
 ALL_MODELS = backbones.list_models()
 
 
 @pytest.fixture(scope="module", params=per_model(ALL_MODELS))
 def pristine(request: pytest.FixtureRequest) -> torch.nn.Module:
-    return backbones.create_model(request.param)
+    return fresh_model(request.param)  # the build the model's tests in other files share
 
 
 @pytest.fixture
