@@ -164,12 +164,12 @@ def test_download_offline_without_cache_is_one_line(caches) -> None:
 def test_convert_turns_a_torchvision_checkpoint_into_a_loadable_folder(tmp_path: Path) -> None:
     import torchvision
 
-    reference = torchvision.models.vgg11(weights=None).eval()
-    checkpoint = tmp_path / "vgg11-tv.pth"
+    reference = torchvision.models.resnet18(weights=None).eval()
+    checkpoint = tmp_path / "resnet18-tv.pth"
     torch.save(reference.state_dict(), checkpoint)
-    result = run_cli("convert", str(checkpoint), "--arch", "vgg11", "--out", str(tmp_path / "vgg11-ours"))
+    result = run_cli("convert", str(checkpoint), "--arch", "resnet18", "--out", str(tmp_path / "resnet18-ours"))
     assert result.returncode == 0, result.stderr
-    model = backbones.from_pretrained(tmp_path / "vgg11-ours").eval()
+    model = backbones.from_pretrained(tmp_path / "resnet18-ours").eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert relative_max_diff(model(x), reference(x)) <= 1e-5
