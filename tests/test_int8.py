@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.fx
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 import backbones
 from backbones.data.calibration import calibration_batches
@@ -230,7 +231,9 @@ def test_compiled_int8_takes_the_pt2e_flow_and_meets_the_sqnr_floor_at_any_batch
     with torch.no_grad():
         expected = model(held_out)
     assert sqnr_db(expected, fast(held_out)) >= ACTIVATION_FLOOR_DB
+    compiled_frames = counters["frames"]["ok"]
     assert sqnr_db(expected[:3], fast(held_out[:3])) >= ACTIVATION_FLOOR_DB  # batch size is dynamic
+    assert counters["frames"]["ok"] == compiled_frames  # the first call's compile serves it
     with pytest.raises(ValueError, match=r"compiled for 32x32 images.*got 40x48.*compile=False"):
         fast(torch.randn(1, 3, 40, 48))
     assert fast.compiled and "pt2e" in fast.quantization.engine

@@ -177,5 +177,8 @@ class FrozenCompiled(nn.Module):
                 "whose int8 kernels take any size"
             )
 
+        # The batch dimension is dynamic from the first call: one compile serves every batch size
+        # (left to itself, torch.compile specialises on the first and compiles again for a second).
+        torch._dynamo.maybe_mark_dynamic(x, 0)
         with config.patch(freezing=True):
             return self.compiled(x)
