@@ -39,7 +39,7 @@ from torch.utils._pytree import tree_map
 from backbones.core.inputs import check_image_batch
 from backbones.runtime.bf16 import convolve_bf16_on_float32_kernels
 from backbones.runtime.fusion import folded_copy, fuse_conv_pointwise, mkldnn_fusion_available
-from backbones.runtime.quantize import QuantizationReport, drop_traced_weight_checks, quantize_int8
+from backbones.runtime.quantize import QuantizationReport, drop_traced_weight_checks, engine_selected, quantize_int8
 from backbones.runtime.quantize_pt2e import quantize_int8_compiled
 
 __all__ = ["OptimizedModel", "optimize"]
@@ -104,7 +104,9 @@ class OptimizedModel(nn.Module):
     def forward(self, x: Tensor) -> Any:
         check_image_batch(x, self.in_chans, self.min_input_size)
         out_dtype = x.dtype
-        with torch.inference_mode():
+        # An eager int8 network's kernels run on the engine it was packed for.
+        engine = self.quantization.engine if self.quantization is not None and not self.compiled else None
+        with torch.inference_mode(), engine_selected(engine):
             x = x.to(dtype=self.input_dtype, memory_format=torch.channels_last)
             out = self.network(x)
         out = tree_map(lambda t: t.to(out_dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, out)
