@@ -165,8 +165,9 @@ def optimize(
             packed for it now rather than on the first call of that shape.
         calibration: For int8 only: batches of preprocessed images like the ones the model will
             see (one ``[N, C, H, W]`` tensor, a list of them, or a DataLoader of ``(images, labels)``);
-            :func:`backbones.calibration_batches` makes them from a folder or the digits. 8 to 32
-            images are usually enough; any batch size may be used later.
+            :func:`backbones.calibration_batches` makes them from a folder or the digits (32 images
+            by default). Use 16 or more: with 8, the activation ranges are coarse enough to cost
+            Inception v3 2.5 dB of output SQNR. Any batch size may be used later.
 
     Returns:
         An :class:`OptimizedModel`.

@@ -310,6 +310,18 @@ class _WithoutPlaceholderWork(torch.overrides.TorchFunctionMode):
         return result
 
 
+def _drop_observer_constructors(network: torch.fx.GraphModule) -> None:
+    """Free the float layers torch.ao leaves reachable from a converted graph.
+
+    Each node keeps the observer constructors prepare used (``meta["target_dtype_info"]``), and
+    each constructor holds, in a closure, the float layer it observed (to read its device): a
+    converted resnet50 kept 99 MB of float32 weights alive beside its 26 MB of int8 ones. The
+    converted network never reads them.
+    """
+    for node in network.graph.nodes:
+        node.meta.pop("target_dtype_info", None)
+
+
 def _int8_layer_count(network: nn.Module) -> int:
     from torch.ao.nn import intrinsic as nni
     from torch.ao.nn import quantized as nnq
@@ -366,6 +378,7 @@ def quantize_int8(model: nn.Module, calibration: Tensor | Iterable) -> tuple[tor
                 prepared(batch.contiguous(memory_format=torch.channels_last))
         with _WithoutPlaceholderWork():
             quantized = convert_fx(prepared, backend_config=_backend_config(engine))
+    _drop_observer_constructors(quantized)
     forget_quantized_modules()
     report = QuantizationReport(engine, _int8_layer_count(quantized), _float_operations(quantized), len(batches))
     return quantized, report
