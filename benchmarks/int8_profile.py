@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backbones.apps.benchmark import BASELINE, build_variants
+from backbones.apps.benchmark import BASELINE, build_variants, image_side
 
 VARIANTS = ("ours int8", "torchvision quantized int8", "ours compiled int8")
 
@@ -25,8 +25,7 @@ VARIANTS = ("ours int8", "torchvision quantized int8", "ours compiled int8")
 def main(arch: str = "resnet50") -> None:
     """Profile the int8 variants of ``arch`` (one torchvision quantizes: resnet18/50, googlenet_v1, inception_v3)."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    size = 299 if arch == "inception_v3" else 224
-    x = torch.randn(8, 3, size, size)
+    x = torch.randn(8, 3, image_side(arch), image_side(arch))
     variants = build_variants(arch, with_compile=True, only=[BASELINE, *VARIANTS], dtypes=("int8",))
     for name in VARIANTS:
         run = variants[name]

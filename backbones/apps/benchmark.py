@@ -37,6 +37,7 @@ __all__ = [
     "VARIANTS",
     "BenchmarkConfig",
     "Measurement",
+    "image_side",
     "plot_workloads",
     "run_benchmarks",
     "variant_colours",
@@ -185,6 +186,11 @@ CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 4, 8
 # the histogram observers' cost grows with the pixels (one batch of 8 FPN images at 800x1344 took
 # 98 s to build, calibrate and quantize here, longer than the timing).
 CALIBRATION_PIXELS = CALIBRATION_BATCHES * CALIBRATION_BATCH_SIZE * 299 * 299
+
+
+def image_side(arch: str) -> int:
+    """The side of the square images a classifier's workloads feed ``arch``: its training size."""
+    return 299 if arch == "inception_v3" else 224
 
 
 def variant_dtype(variant: str) -> str:
@@ -563,7 +569,7 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
             torch._dynamo.reset()
 
     for arch in config.models:
-        size = 299 if arch == "inception_v3" else 224
+        size = image_side(arch)
         for batch in config.batches:
             x = torch.randn(batch, 3, size, size)
             run_workload(arch, f"{arch} batch {batch} {size}x{size}", x, batch in config.compile_batches)
@@ -574,9 +580,7 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
     results["environment"] = environment(config.threads)
     log("3x3 convolution ceiling and multiply-adds")
     results["conv_gflops"] = conv_ceiling(config.threads)
-    results["macs"] = {
-        arch: model_macs(arch, (299, 299) if arch == "inception_v3" else (224, 224)) for arch in config.models
-    }
+    results["macs"] = {arch: model_macs(arch, (image_side(arch), image_side(arch))) for arch in config.models}
     results["macs"].update({f"resnet50_fpn {h}x{w}": model_macs("resnet50_fpn", (h, w)) for h, w in config.fpn_sizes})
     if config.extras:
         log("memory")

@@ -360,6 +360,7 @@ def quantize_int8(model: nn.Module, calibration: Tensor | Iterable) -> tuple[tor
 
     batches = calibration_tensors(calibration, getattr(model, "in_chans", 3), getattr(model, "min_input_size", 1))
     engine = int8_engine()
+    backend_config = _backend_config(engine)
     network = drop_traced_weight_checks(folded_copy(model)[0])
     with warnings.catch_warnings():
         # torch.ao.quantization and quantized tensors announce their deprecation (the move to
@@ -372,13 +373,13 @@ def quantize_int8(model: nn.Module, calibration: Tensor | Iterable) -> tuple[tor
             example_inputs=(batches[0][:1],),
             # Our own leaf layers stay whole, so the report can name them.
             prepare_custom_config=PrepareCustomConfig().set_non_traceable_module_classes([InputRenormalize]),
-            backend_config=_backend_config(engine),
+            backend_config=backend_config,
         )
         with torch.no_grad():
             for batch in batches:
                 prepared(batch.contiguous(memory_format=torch.channels_last))
         with _WithoutPlaceholderWork():
-            quantized = convert_fx(prepared, backend_config=_backend_config(engine))
+            quantized = convert_fx(prepared, backend_config=backend_config)
     _drop_observer_constructors(quantized)
     forget_quantized_modules()
     report = QuantizationReport(engine, _int8_layer_count(quantized), _float_operations(quantized), len(batches))
