@@ -15,60 +15,13 @@ Every entrypoint takes ``pretrained`` (False, True, a weight tag or a file path)
 
 dependencies = ["torch", "safetensors", "huggingface_hub"]
 
-from backbones import (  # noqa: E402 - torch.hub reads `dependencies` first
-    create_model,
-    googlenet_v1,
-    googlenet_v1_fpn,
-    inception_v2,
-    inception_v3,
-    inception_v3_fpn,
-    resnet18,
-    resnet18_fpn,
-    resnet34,
-    resnet34_fpn,
-    resnet50,
-    resnet50_fpn,
-    resnet101,
-    resnet101_fpn,
-    resnet152,
-    resnet152_fpn,
-    vgg11,
-    vgg11_bn,
-    vgg13,
-    vgg13_bn,
-    vgg16,
-    vgg16_bn,
-    vgg16_fpn,
-    vgg19,
-    vgg19_bn,
-    vgg19_fpn,
-)
+# torch.hub reads `dependencies` first. It offers every public callable here as an entrypoint, so
+# the helpers' names start with an underscore.
+import backbones as _backbones  # noqa: E402
+from backbones import create_model  # noqa: E402
 
-__all__ = [
-    "create_model",
-    "googlenet_v1",
-    "googlenet_v1_fpn",
-    "inception_v2",
-    "inception_v3",
-    "inception_v3_fpn",
-    "resnet18",
-    "resnet18_fpn",
-    "resnet34",
-    "resnet34_fpn",
-    "resnet50",
-    "resnet50_fpn",
-    "resnet101",
-    "resnet101_fpn",
-    "resnet152",
-    "resnet152_fpn",
-    "vgg11",
-    "vgg11_bn",
-    "vgg13",
-    "vgg13_bn",
-    "vgg16",
-    "vgg16_bn",
-    "vgg16_fpn",
-    "vgg19",
-    "vgg19_bn",
-    "vgg19_fpn",
-]
+# One entrypoint per registered architecture: the registry is the list, so registering a model
+# is all it takes to publish it here.
+globals().update({_name: getattr(_backbones, _name) for _name in _backbones.list_models()})
+
+__all__ = ["create_model", *_backbones.list_models()]

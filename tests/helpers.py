@@ -229,3 +229,68 @@ def replace_an_operator() -> tuple[object, str]:
     library.define("twice(Tensor x) -> Tensor")
     library.define("twice.scaled(Tensor x, float scale) -> Tensor")
     return library, f"{namespace}::twice"
+
+
+def markdown_python_blocks(path) -> list[tuple[int, str, str | None]]:
+    """Every ```python block of a Markdown file: (line, code, the not-run reason or None).
+
+    A block is left out of the runs when the line right above it is ``<!-- not-run: reason -->``;
+    the README and every docs page follow this one convention.
+    """
+    import re
+
+    block = re.compile(r"(?:<!--\s*not-run:(?P<reason>[^>]*)-->\n)?```python\n(?P<code>.*?)```", re.S)
+    text = path.read_text(encoding="utf-8")
+    blocks = []
+    for match in block.finditer(text):
+        line = text.count("\n", 0, match.start("code"))
+        reason = match.group("reason")
+        blocks.append((line, match.group("code"), None if reason is None else reason.strip()))
+    return blocks
+
+
+_MARKDOWN_RUNNER = """
+import json, sys, traceback
+documents = json.load(open(sys.argv[1]))
+for name, blocks in documents.items():
+    namespace = {}
+    for line, code in blocks:
+        try:
+            exec(compile(code, f"{name}, the python block at line {line}", "exec"), namespace)
+        except Exception:
+            print(f"{name} block at line {line} failed:\\n{traceback.format_exc()}", file=sys.stderr)
+            raise SystemExit(1)
+    print(f"{name}: {len(blocks)} blocks ran")
+"""
+
+
+def run_markdown_python_blocks(paths, hub_server, caches: dict[str, str], tmp_path):
+    """Run the runnable python blocks of each Markdown file, in order, one namespace per file.
+
+    They run in a fresh interpreter inside a copy of this checkout (``torch.hub.load(".",
+    source="local")`` needs its ``hubconf.py``; files the examples write land in the copy), with
+    the test's caches, against the loopback Hub, where the repo the examples load from,
+    ``someone/my-finetuned-resnet``, is published first. Returns the CompletedProcess and, per
+    file (named relative to the checkout), how many blocks ran.
+    """
+    import json
+
+    from safetensors.torch import save
+
+    import backbones
+
+    saved = backbones.create_model("resnet18").save_pretrained(tmp_path / "saved")
+    files = {name: (saved / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    files["model.safetensors"] = save(backbones.from_pretrained(saved).state_dict())
+    hub_server.publish("someone/my-finetuned-resnet", files)
+    checkout = tmp_path / "checkout"
+    copy_checkout(checkout)
+    documents = {
+        str(path.relative_to(REPO_ROOT)): [
+            (line, code) for line, code, reason in markdown_python_blocks(path) if reason is None
+        ]
+        for path in paths
+    }
+    (tmp_path / "blocks.json").write_text(json.dumps(documents))
+    result = run_python(_MARKDOWN_RUNNER, str(tmp_path / "blocks.json"), env=caches, cwd=str(checkout), timeout=600)
+    return result, {name: len(blocks) for name, blocks in documents.items()}

@@ -48,7 +48,6 @@ def test_cli_defaults_mirror_the_library() -> None:
     from backbones.apps.cli import export as export_command
     from backbones.runtime import export as export_module
 
-    assert export_command.FORMATS == export_module.FORMATS
     assert export_command.DEFAULT_OPSET == export_module.DEFAULT_OPSET
     assert BenchmarkConfig().seconds_per_workload == 40 and tuple(BenchmarkConfig().batches) == (1, 8, 32)
 
@@ -116,7 +115,7 @@ def test_predict_with_weights_from_a_saved_folder_as_csv(fine_tuned: Path, photo
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 1 and rows[0]["rank"] == "1" and rows[0]["class"] in CLASS_NAMES
     mismatch = run_cli("predict", "resnet50", str(photos / "b"), "--weights", str(fine_tuned))
-    assert_one_line_error(mismatch, "holds a resnet18, not a resnet50", f"backbones predict {fine_tuned}")
+    assert_one_line_error(mismatch, "holds a resnet18, not a resnet50", "use the folder itself as the model")
 
 
 def test_predict_on_an_fpn_points_to_features(photos: Path) -> None:
@@ -187,3 +186,14 @@ def test_onnx_export_names_its_dynamic_axes_and_shows_progress(tmp_path: Path) -
 
     assert dims(graph.input[0]) == ["batch", 3, "height", "width"]
     assert dims(graph.output[0]) == ["batch", 1000]
+
+
+def test_library_hints_name_python_options_and_the_cli_says_its_own_flags() -> None:
+    from backbones.apps.cli.main import build_parser, cli_syntax, command_flags
+
+    flags = command_flags(build_parser(), "extract")
+    message = "pass overwrite=True to replace them; layers='fpn' needs an FPN; or reinit_head=True"
+    said = cli_syntax(message, flags)
+    # The command's own options become its flags; an option it lacks is left in Python's words.
+    assert said == "pass --overwrite to replace them; --layers fpn needs an FPN; or reinit_head=True"
+    assert cli_syntax(message) == message

@@ -103,7 +103,7 @@ def test_an_unreadable_image_is_named_or_skipped_and_reported(tmp_path: Path, re
     write_corrupt_image(tmp_path / "red" / "broken.png")
     dataset = open_dataset(tmp_path, "all", model=resnet18, image_size=32)
     index = [s for s, _ in dataset.samples].index("red/broken.png")
-    with pytest.raises(BadImageError, match=r"cannot read image .*red/broken\.png.*--skip-bad-images"):
+    with pytest.raises(BadImageError, match=r"cannot read image .*red/broken\.png.*skip_bad_images=True"):
         dataset[index]
     skipping = open_dataset(tmp_path, "all", model=resnet18, image_size=32, skip_bad_images=True)
     assert skipping.skipped == ["red/broken.png"] and len(skipping) == 4

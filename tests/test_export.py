@@ -316,8 +316,8 @@ def test_cli_export_errors_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(result, "cannot tell the format")
 
 
-def test_readme_has_a_deployment_section() -> None:
+def test_the_docs_have_a_deployment_page() -> None:
     from .helpers import REPO_ROOT
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert "## Deployment" in readme and "backbones export" in readme and "onnxruntime" in readme
+    page = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    assert "# Deployment" in page and "backbones export" in page and "onnxruntime" in page

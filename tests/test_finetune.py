@@ -169,7 +169,7 @@ def test_a_checkpoint_cut_short_is_refused(killed_run, folders, tmp_path: Path, 
     name = "epoch-0001.state.pt" if cut == "state" else "epoch-0001.safetensors"
     path = out / CHECKPOINT_DIR / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match=r"cut short.*start again without --resume"):
+    with pytest.raises(CheckpointError, match=r"cut short.*start again without resume=True"):
         backbones.finetune(
             "resnet18", folders["train"], out, val_data=str(folders["val"]), batch_size=4, image_size=32, epochs=2,
             deterministic=True, resume=True, progress=False,
@@ -258,3 +258,32 @@ def test_evaluate_prints_top1_top5_and_draws_the_confusion_matrix(
     record = json.loads((torchrun_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"(all, 4 images): top-1 {100 * record['val_top1']:.2f}%, top-5 {100 * record['val_top5']:.2f}%" in out
     assert picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def _finetune_parser():
+    from backbones.apps.cli.main import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices["finetune"]
+
+
+def test_every_finetune_option_is_a_config_field() -> None:
+    import dataclasses
+
+    from backbones.apps.finetune.config import FinetuneConfig
+
+    dests = {action.dest for action in _finetune_parser()._actions} - {"help", "quiet"}
+    assert dests <= {field.name for field in dataclasses.fields(FinetuneConfig)}
+
+
+def test_finetune_dtype_reads_the_shared_vocabulary_and_refuses_int8(tmp_path: Path, capsys) -> None:
+    from backbones.apps.finetune.config import FinetuneConfig
+
+    args = ["resnet18", "--data", "digits", "--out", str(tmp_path)]
+    assert _finetune_parser().parse_args([*args, "--dtype", "bfloat16"]).dtype == "bf16"
+    assert FinetuneConfig("resnet18", "digits", str(tmp_path), dtype="float32").dtype == "fp32"
+    with pytest.raises(ValueError, match="dtype must be 'fp32' or 'bf16', got 'int8'"):
+        FinetuneConfig("resnet18", "digits", str(tmp_path), dtype="int8")
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it before any work starts
+        main(["finetune", *args, "--dtype", "int8"])
+    assert stop.value.code == 2
+    assert "--dtype must be 'fp32' or 'bf16', got 'int8'" in capsys.readouterr().err

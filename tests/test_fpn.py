@@ -8,7 +8,7 @@ from torch import nn
 
 import backbones
 from backbones.hub.convert import convert_state_dict
-from backbones.models.fpn import FeaturePyramidNetwork, LastLevelP6P7, fpn_backbone
+from backbones.models.fpn import PRETRAINED_BODY_OPTIONS, FeaturePyramidNetwork, LastLevelP6P7, fpn_backbone
 
 from .helpers import fresh_model, meta_model, per_model, relative_max_diff
 
@@ -179,15 +179,39 @@ def test_resnet50_fpn_without_weights_trains_everything_like_torchvisions_detect
 def test_fpn_with_pretrained_weights_freezes_like_torchvision(tmp_path) -> None:
     from safetensors.torch import save_file
 
+    from backbones.core.registry import get_model_entry
     from backbones.hub.manifest import get_weight_spec
 
-    assert get_weight_spec("resnet50_fpn", "tv_coco").model_kwargs == TORCHVISION_BACKBONE_DEFAULTS
+    # One policy: the code's, which is torchvision's; the COCO weights' manifest entry does not repeat it.
+    assert PRETRAINED_BODY_OPTIONS == TORCHVISION_BACKBONE_DEFAULTS
+    assert get_weight_spec("resnet50_fpn", "tv_coco").model_kwargs == {}
+    with torch.device("meta"):
+        from_tag = backbones.create_model("resnet50_fpn.tv_coco", pretrained=False)
+    assert from_tag.model_config.get("norm_layer") is None  # no weights loaded: no policy
+    assert get_model_entry("resnet50_fpn").pretrained_kwargs == PRETRAINED_BODY_OPTIONS
     weights = tmp_path / "resnet18.safetensors"
     save_file(backbones.create_model("resnet18").state_dict(), weights)
     model = fpn_backbone("resnet18", backbone_pretrained=str(weights))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     frozen_stages = {n.split(".")[0] for n, p in model.body.named_parameters() if not p.requires_grad}
     assert frozen_stages == {"conv1", "layer1"}
+
+
+def test_published_fpn_weights_build_the_frozen_body_the_entry_omits(hub_server, caches, monkeypatch) -> None:
+    from safetensors.torch import save
+
+    import backbones.hub.manifest
+
+    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED", {})
+    trained = fpn_backbone("resnet18", norm_layer="frozen_batchnorm")
+    hub_server.publish("tester/resnet18-fpn", {"model.safetensors": save(trained.state_dict())})
+    backbones.register_weights("resnet18_fpn.mine", hf_hub_id="tester/resnet18-fpn", classes="coco")
+    model = backbones.create_model("resnet18_fpn.mine", pretrained=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert model.model_config["norm_layer"] == PRETRAINED_BODY_OPTIONS["norm_layer"]  # saved folders rebuild it
+    trainable = {n.split(".")[0] for n, p in model.body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    assert torch.equal(model.fpn.layer_blocks[0][0].weight, trained.fpn.layer_blocks[0][0].weight)
 
 
 def test_coco_detector_checkpoint_converts_to_our_resnet50_fpn() -> None:

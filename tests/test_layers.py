@@ -124,9 +124,11 @@ def imported_modules_of(path: Path, modules: dict[str, Path], root: Path) -> set
         sys.modules[__name__].REPO_ROOT = saved
 
 
-def test_the_readme_layout_section_matches_the_tree() -> None:
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+def test_the_architecture_page_layout_section_matches_the_tree() -> None:
+    page = (REPO_ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = page.split("## Layout", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"backbones/((?:[a-z]\w*/)*[a-z]\w*\.py)", section))
     actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if not p.name.startswith("__")}
-    assert listed == actual, f"README lists {sorted(listed - actual)} not in the tree; misses {sorted(actual - listed)}"
+    assert listed == actual, (
+        f"docs/architecture.md lists {sorted(listed - actual)} not in the tree; misses {sorted(actual - listed)}"
+    )

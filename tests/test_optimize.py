@@ -194,7 +194,7 @@ def test_optimized_model_refuses_training() -> None:
 
 
 def test_unsupported_dtype_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"float32 or torch\.bfloat16"):
+    with pytest.raises(ValueError, match=r"optimize's dtype must be 'fp32', 'bf16' or 'int8', got torch\.float16"):
         backbones.optimize(fresh_model("resnet18"), dtype=torch.float16)
 
 

@@ -8,6 +8,8 @@ import torch
 import backbones
 from backbones import UnknownModelError, create_model, list_models, split_model_name
 
+from .helpers import run_python
+
 
 def test_every_family_is_registered() -> None:
     names = list_models()
@@ -67,3 +69,32 @@ def test_registering_a_name_twice_is_refused() -> None:
 def test_out_indices_without_features_only_is_refused() -> None:
     with pytest.raises(ValueError, match="features_only"):
         create_model("resnet18", out_indices=(1, 2))
+
+
+def test_backbones_all_holds_every_registered_architecture() -> None:
+    assert set(list_models()) <= set(backbones.__all__)
+
+
+def test_every_name_in_backbones_all_is_importable() -> None:
+    namespace: dict[str, object] = {}
+    exec("from backbones import *", namespace)
+    assert set(backbones.__all__) <= set(namespace)
+
+
+def test_each_architecture_is_exported_as_its_public_builder() -> None:
+    for name in list_models():
+        builder = getattr(backbones, name)
+        assert builder.__name__ == name and "pretrained" in builder.__doc__, name
+
+
+def test_a_model_name_with_a_tag_is_not_an_attribute() -> None:
+    with pytest.raises(AttributeError, match=r"no attribute 'resnet50\.tv2_in1k'"):
+        getattr(backbones, "resnet50.tv2_in1k")
+    with pytest.raises(AttributeError, match="no attribute 'not_a_model'"):
+        backbones.not_a_model  # noqa: B018 - the attribute look-up is the test
+
+
+def test_import_backbones_imports_no_torch() -> None:
+    result = run_python("import sys, backbones; print('torch' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

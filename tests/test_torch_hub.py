@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import backbones
 
-from .helpers import copy_checkout, run_python
+from .helpers import REPO_ROOT, copy_checkout, run_python
 
 HUB_SCRIPT = """
 import json, sys, torch
@@ -44,10 +45,27 @@ def test_torch_hub_lists_documents_and_loads_entrypoints(tmp_path: Path) -> None
     assert report["by_name"] == "ResNet" and report["by_name_classes"] == 4
 
 
+def _hubconf_entrypoints() -> dict[str, object]:
+    """hubconf.py's entrypoints, chosen as torch.hub.list chooses them: its public callables."""
+    spec = importlib.util.spec_from_file_location("hubconf", REPO_ROOT / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    return {
+        name: getattr(hubconf, name) for name in dir(hubconf) if callable(getattr(hubconf, name)) and name[0] != "_"
+    }
+
+
+def test_hubconf_entrypoints_are_create_model_and_every_registered_model() -> None:
+    assert set(_hubconf_entrypoints()) == set(backbones.list_models()) | {"create_model"}
+
+
+def test_each_hubconf_entrypoint_is_the_packages_own_public_builder() -> None:
+    for name, entrypoint in _hubconf_entrypoints().items():
+        assert entrypoint is getattr(backbones, name), name
+
+
 def test_hubconf_declares_only_runtime_dependencies() -> None:
     import ast
-
-    from .helpers import REPO_ROOT
 
     tree = ast.parse((REPO_ROOT / "hubconf.py").read_text())
     assignment = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "dependencies")

@@ -2,7 +2,7 @@
 
 A maintainer's tool, not part of the package: it imports torchvision and timm (the references)
 and writes plain data. Hugging Face Hub files (timm's ``model.safetensors``) are preferred;
-torchvision URLs are used where no Hub copy exists. Run: ``.venv/bin/python scripts/make_weight_manifest.py``.
+torchvision URLs are used where no Hub copy exists. Run: ``.venv/bin/python weights/make_manifest.py``.
 """
 
 from __future__ import annotations
@@ -176,8 +176,6 @@ def build_manifest() -> dict:
                 "reported_by": "torchvision (the whole Faster R-CNN)",
             },
             "license": TORCHVISION_LICENSE,
-            # What torchvision builds around trained weights (without weights, everything trains).
-            "model_kwargs": {"norm_layer": "frozen_batchnorm", "trainable_layers": 3},
             "source": "backbone and FPN of torchvision fasterrcnn_resnet50_fpn COCO_V1 "
             f"({detection.meta['recipe']}); the detector's RPN and box heads are not loaded",
         },

@@ -27,6 +27,7 @@ from backbones.core.registry import split_model_name
 from backbones.hub.download import WeightsIntegrityError, file_sha256
 from backbones.hub.loading import load_pretrained
 from backbones.hub.manifest import get_weight_spec
+from backbones.hub.weight_source import WeightSource
 from backbones.models.factory import create_model
 
 
@@ -57,7 +58,7 @@ def build_published_model(name: str, checkpoint: Path | None = None, *, progress
         # Built from the tag (the manifest's preprocessing, class names and metrics for the card),
         # then filled from the local file through the same conversion a download takes.
         model = create_model(spec.name)
-        load_pretrained(model, arch, None, checkpoint)
+        load_pretrained(model, WeightSource(arch, "file", path=checkpoint))
     return model.eval()
 
 

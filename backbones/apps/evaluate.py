@@ -17,17 +17,12 @@ from backbones.data.loaders import make_loader
 __all__ = ["evaluate_model", "load_trained_model", "save_confusion_picture"]
 
 
-def load_trained_model(model: str | Path | nn.Module) -> nn.Module:
-    """A model to evaluate: a ``save_pretrained`` folder, an ``arch.tag`` name (its weights), or a model."""
-    if isinstance(model, nn.Module):
-        return model
-    if Path(model).expanduser().is_dir():
-        from backbones.models.pretrained import from_pretrained
+def load_trained_model(model: str | Path | nn.Module, pretrained: bool | str | Path | None = None) -> nn.Module:
+    """A model to evaluate: any model reference (see :func:`backbones.models.reference.resolve_model`) with
+    its weights (``pretrained`` for an architecture; by default its default weights), or a model."""
+    from backbones.models.reference import resolve_model
 
-        return from_pretrained(model, progress=False)
-    from backbones.models.factory import create_model
-
-    return create_model(str(model), pretrained=True)
+    return resolve_model(model, pretrained, default=True).build(progress=False)
 
 
 def _check_classes(model: nn.Module, classes: list[str]) -> None:
@@ -47,6 +42,7 @@ def evaluate_model(
     model: str | Path | nn.Module,
     data: str | Path,
     *,
+    pretrained: bool | str | Path | None = None,
     split: str | None = None,
     batch_size: int = 64,
     image_size: int | None = None,
@@ -59,9 +55,11 @@ def evaluate_model(
     """Score a model on ``data`` with the preprocessing it was trained with.
 
     Args:
-        model: A ``save_pretrained`` folder (e.g. ``backbones finetune``'s output), an ``arch.tag``
-            name, or a model.
+        model: A model reference: a ``save_pretrained`` folder (e.g. ``backbones finetune``'s
+            output), an ``arch.tag`` name, a weights file, a Hub repo, or a model.
         data: ``"digits"`` or an image folder (one subfolder per class, the model's classes).
+        pretrained: For an architecture: its weights (a tag, a file or folder, a Hub repo); by
+            default the tag in the name, else the default weights.
         split: ``"val"`` (the seeded held-out split), ``"train"`` or ``"all"``; default ``"val"``
             for the digits, ``"all"`` for a folder.
         batch_size: Images per batch.
@@ -81,7 +79,7 @@ def evaluate_model(
         0.986
     """
     split = split or ("val" if str(data) == "digits" else "all")
-    network = load_trained_model(model).eval()
+    network = load_trained_model(model, pretrained).eval()
     size = image_size or int(network.pretrained_cfg["input_size"][-1])
     dataset = open_dataset(
         data,

@@ -13,6 +13,7 @@ from torch import Tensor
 __all__ = [
     "FeatureInfo",
     "FeatureInfoList",
+    "freeze_stages",
     "module_stages",
     "ordered_features",
     "select_feature_info",
@@ -143,7 +144,7 @@ def module_stages(model: nn.Module) -> dict[str, int]:
     """Map each module the trunk runs to the index of the ``feature_info`` stage it belongs to.
 
     A stage owns the modules that run after the previous stage's output up to its own; this
-    is what "train only the last k stages" freezes by (see ``backbones.models.fpn.fpn_backbone``).
+    is what "train only the last k stages" freezes by (:func:`freeze_stages`).
 
     Example:
         >>> module_stages(backbones.create_model("resnet50"))
@@ -159,3 +160,34 @@ def module_stages(model: nn.Module) -> dict[str, int]:
         if node.target == taps[stage]:
             stage += 1
     return stages
+
+
+def freeze_stages(model: nn.Module, trainable_layers: int) -> None:
+    """Stop gradients to every parameter but those of the last ``trainable_layers`` stages.
+
+    The stages are those of ``model.feature_info`` (:func:`module_stages` says which module
+    belongs to which); parameters outside every stage, such as a classifier head, are left as they are.
+
+    Args:
+        model: A model with ``feature_info``.
+        trainable_layers: How many of the last stages keep training: 0 freezes every stage,
+            ``len(model.feature_info)`` none.
+
+    Raises:
+        ValueError: ``trainable_layers`` is below 0 or above the number of stages.
+
+    Example:
+        >>> model = backbones.create_model("resnet50")
+        >>> freeze_stages(model, 3)
+        >>> model.conv1.weight.requires_grad, model.layer2[0].conv1.weight.requires_grad
+        (False, True)
+    """
+    stages = len(model.feature_info)
+    if not 0 <= trainable_layers <= stages:
+        raise ValueError(f"trainable_layers must be between 0 and {stages} for this backbone, got {trainable_layers}")
+    first_trainable = stages - trainable_layers
+    owner = module_stages(model)
+    for name, parameter in model.named_parameters():
+        module = next((m for m in owner if name.startswith(m + ".")), None)
+        if module is not None and owner[module] < first_trainable:
+            parameter.requires_grad_(False)

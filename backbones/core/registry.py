@@ -42,6 +42,8 @@ class ModelEntry:
         family: ``"resnet"``, ``"vgg"``, ``"inception"``; FPN models carry their body's family.
         kind: ``"classifier"`` (image -> logits) or ``"fpn"`` (image -> feature pyramid).
         default_cfg: Preprocessing and input defaults used when no weight tag says otherwise.
+        pretrained_kwargs: Constructor options whenever published weights (a manifest tag) are
+            loaded: the FPN's torchvision policy of frozen BatchNorm and the last stages trainable.
     """
 
     name: str
@@ -49,6 +51,7 @@ class ModelEntry:
     family: str
     kind: str
     default_cfg: dict[str, Any] = field(default_factory=dict)
+    pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -26,7 +26,7 @@ __all__ = ["BUILTIN_DATASETS", "SPLITS", "DigitsDataset", "ImageFolderDataset", 
 
 BUILTIN_DATASETS = ("digits",)
 SPLITS = ("train", "val", "all")
-_SKIP_HINT = "fix or remove it, or pass --skip-bad-images (skip_bad_images=True) to skip unreadable images"
+_SKIP_HINT = "fix or remove it, or pass skip_bad_images=True to skip unreadable images"
 # Training shift of the digits, as a share of the image size: 1/8 is one original 8x8 pixel.
 _DIGITS_SHIFT_SHARE = 8
 

@@ -61,7 +61,7 @@ def scan_image_folder(root: str | Path, *, classes: list[str] | None = None) -> 
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist; pass an existing folder (or --data digits)")
+        raise FileNotFoundError(f"image folder {root} does not exist; pass an existing folder (or data='digits')")
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder; pass a folder of images, one subfolder per class")
     paths: list[str] = []

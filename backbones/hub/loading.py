@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from backbones.core.files import save_safetensors_atomic
+from backbones.core.references import WEIGHTS_NAME
 from backbones.hub.convert import convert_state_dict, detect_layout
 from backbones.hub.download import (
     WeightsError,
@@ -32,6 +33,7 @@ from backbones.hub.download import (
 )
 from backbones.hub.integrity import digest_path, file_sha256, read_digest_beside, write_digest_beside
 from backbones.hub.manifest import WeightSpec
+from backbones.hub.weight_source import WeightSource
 
 __all__ = [
     "ClassCountMismatchError",
@@ -235,27 +237,18 @@ def load_local_state_dict(path: str | Path, arch: str) -> dict[str, Tensor]:
         WeightsIntegrityError: The file is truncated or corrupt.
     """
     path = Path(path).expanduser()
-    if path.is_dir() and (path / "model.safetensors").exists():
-        path = path / "model.safetensors"
+    if path.is_dir() and (path / WEIGHTS_NAME).exists():
+        path = path / WEIGHTS_NAME
     state = read_state_dict(path, arch)
     return convert_state_dict(state, arch, source=detect_layout(state))
 
 
-def load_pretrained(
-    model: nn.Module,
-    arch: str,
-    spec: WeightSpec | None,
-    pretrained: bool | str | Path,
-    progress: bool = True,
-    reinit_head: bool = False,
-) -> None:
-    """Load weights into ``model``: the spec's published file, or a local file / folder.
+def load_pretrained(model: nn.Module, source: WeightSource, progress: bool = True, reinit_head: bool = False) -> None:
+    """Load the weights ``source`` names into ``model`` (nothing for ``kind="none"``).
 
     Args:
-        model: A freshly built model of architecture ``arch``.
-        arch: Its architecture name.
-        spec: The weight spec (``None`` when ``pretrained`` is a path).
-        pretrained: ``True``, a tag, or a path.
+        model: A freshly built model of architecture ``source.arch``.
+        source: What :func:`~backbones.hub.weight_source.resolve_weight_source` decided.
         progress: Show download progress.
         reinit_head: When the model's classifier differs from the checkpoint's (another
             ``num_classes``), keep the model's freshly initialised classifier instead of failing.
@@ -263,10 +256,21 @@ def load_pretrained(
     Raises:
         WeightsError: The file is unavailable or corrupt, or does not fit the model.
     """
-    if spec is None:
-        state = load_local_state_dict(pretrained, arch)  # type: ignore[arg-type]
-        load_fitting_state_dict(model, state, what=str(pretrained), reinit_head=reinit_head)
+    if source.kind == "none":
         return
+    if source.kind == "tag":
+        assert source.spec is not None
+        _load_spec(model, source.spec, progress, reinit_head)
+        return
+    if source.kind == "hub":
+        path = fetch_hub_file(str(source.repo_id), WEIGHTS_NAME, what=str(source.repo_id), progress=progress)
+    else:
+        path = Path(str(source.path))
+    state = load_local_state_dict(path, source.arch)
+    load_fitting_state_dict(model, state, what=source.describe(), reinit_head=reinit_head)
+
+
+def _load_spec(model: nn.Module, spec: WeightSpec, progress: bool, reinit_head: bool) -> None:
     state, converted = _load_spec_state_dict(spec, progress)
     try:
         load_fitting_state_dict(model, state, what=spec.name, reinit_head=reinit_head, explain=converted is None)

@@ -10,7 +10,6 @@ import functools
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -19,12 +18,10 @@ from backbones.core.registry import ModelEntry, UnknownModelError, unknown_name_
 
 __all__ = [
     "WeightSpec",
-    "check_pretrained_value",
     "get_weight_spec",
     "head_consistent_cfg",
     "pretrained_cfg_for",
     "register_weights",
-    "resolve_weight_spec",
     "weight_names",
     "weights_obtainable",
 ]
@@ -79,6 +76,11 @@ class WeightSpec:
         return self.name.partition(".")[2]
 
 
+# Weights added at run time by register_weights, on top of the shipped manifest.
+_REGISTERED: dict[str, WeightSpec] = {}
+_REGISTERED_DEFAULTS: dict[str, str] = {}
+
+
 @functools.cache
 def _manifest() -> dict[str, Any]:
     text = resources.files(__package__).joinpath("weights.json").read_text(encoding="utf-8")
@@ -110,11 +112,6 @@ def register_weights(name: str, *, default: bool = False, **fields: Any) -> Weig
     return spec
 
 
-# Weights added at run time by register_weights, on top of the shipped manifest.
-_REGISTERED: dict[str, WeightSpec] = {}
-_REGISTERED_DEFAULTS: dict[str, str] = {}
-
-
 def weight_names() -> list[str]:
     """All ``arch.tag`` names: the shipped manifest and those added with :func:`register_weights`."""
     shipped = [f"{arch}.{tag}" for arch, entry in _manifest()["models"].items() for tag in entry["weights"]]
@@ -143,55 +140,6 @@ def get_weight_spec(arch: str, tag: str | None = None) -> WeightSpec:
     return WeightSpec(name=f"{arch}.{tag}", **entry["weights"][tag])
 
 
-def resolve_weight_spec(arch: str, tag: str | None, pretrained: bool | str | Path | None) -> WeightSpec | None:
-    """The spec that ``create_model(arch[.tag], pretrained=...)`` uses, or ``None`` for none.
-
-    A tag in the name or ``pretrained="tag"`` selects that spec; ``pretrained=True`` alone selects
-    the default tag; a path selects no spec (the file speaks for itself). A string names an
-    existing file or folder first (``pretrained="my-resnet"`` finds the folder ``save_pretrained``
-    wrote), a weight tag second.
-
-    Raises:
-        ValueError: ``pretrained`` is not ``True``/``False``, a tag or a path (``0``, ``1``, ``""``).
-        UnknownModelError: A string that is neither an existing file or folder nor a weight tag;
-            the message says both were tried.
-    """
-    check_pretrained_value(pretrained)
-    if isinstance(pretrained, str) and not _looks_like_path(pretrained) and not Path(pretrained).expanduser().exists():
-        if tag is not None and tag != pretrained:
-            raise ValueError(f"the name asks for weights {tag!r} but pretrained={pretrained!r}; give one")
-        try:
-            return get_weight_spec(arch, pretrained)
-        except UnknownModelError as err:
-            raise UnknownModelError(
-                f"pretrained={pretrained!r} is neither a file or folder (none at {Path(pretrained).resolve()}) nor "
-                f"a weight tag: {err}"
-            ) from None
-    if tag is not None:
-        return get_weight_spec(arch, tag)
-    if pretrained is True:
-        return get_weight_spec(arch)
-    return None
-
-
-def check_pretrained_value(pretrained: object) -> None:
-    """Refuse ``pretrained`` values that are none of ``True``/``False``/``None``, a tag or a path.
-
-    Raises:
-        ValueError: ``0``/``1`` (ints are not flags here), ``""``, or another type.
-    """
-    if pretrained is None or isinstance(pretrained, (bool, Path)):
-        return
-    if isinstance(pretrained, str):
-        if not pretrained.strip():
-            raise ValueError("pretrained='' names nothing; give True, a weight tag such as 'tv_in1k', or a path")
-        return
-    raise ValueError(
-        f"pretrained must be True/False, a weight tag such as 'tv_in1k' or a path, got {pretrained!r} "
-        f"({type(pretrained).__name__})"
-    )
-
-
 def head_consistent_cfg(cfg: dict[str, Any], num_classes: int | None) -> dict[str, Any]:
     """``cfg`` with class names, class count and reported metrics that agree with a head of ``num_classes``.
 
@@ -210,10 +158,6 @@ def head_consistent_cfg(cfg: dict[str, Any], num_classes: int | None) -> dict[st
         return cfg
     new_head = {"head": f"new {num_classes}-class classifier"} if cfg.get("weights") else {}
     return {**cfg, "num_classes": num_classes, "class_names": None, "metrics": {}, **new_head}
-
-
-def _looks_like_path(value: str) -> bool:
-    return any(sep in value for sep in ("/", "\\")) or value.endswith((".safetensors", ".pth", ".pt", ".bin"))
 
 
 @functools.cache

@@ -20,9 +20,10 @@ import torch.nn as nn
 from backbones.core.options import check_model_options, check_out_indices
 from backbones.core.registry import ModelEntry, add_entry, get_model_entry, model_entries, split_model_name
 from backbones.hub.loading import load_pretrained
-from backbones.hub.manifest import head_consistent_cfg, pretrained_cfg_for, resolve_weight_spec, weight_names
+from backbones.hub.manifest import head_consistent_cfg, pretrained_cfg_for, weight_names
+from backbones.hub.weight_source import WeightSource, resolve_weight_source
 
-__all__ = ["create_model", "list_models", "list_pretrained", "register_model"]
+__all__ = ["build_model", "create_model", "list_models", "list_pretrained", "register_model"]
 
 _PUBLIC_BUILDER_DOC = """
     Args:
@@ -37,7 +38,11 @@ _PUBLIC_BUILDER_DOC = """
 
 
 def register_model(
-    *, family: str, kind: str = "classifier", default_cfg: dict[str, Any] | None = None
+    *,
+    family: str,
+    kind: str = "classifier",
+    default_cfg: dict[str, Any] | None = None,
+    pretrained_kwargs: dict[str, Any] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register an architecture builder under its function name.
 
@@ -45,6 +50,9 @@ def register_model(
         family: The model family (``"resnet"``, ``"vgg"``, ``"inception"``).
         kind: ``"classifier"`` or ``"fpn"``.
         default_cfg: Input size, resize/crop, interpolation, mean and std used without weights.
+        pretrained_kwargs: Constructor options applied whenever a weight tag is loaded (the
+            caller's options still win), so a policy such as the FPN's frozen BatchNorm is
+            stated by the architecture once instead of in each manifest entry.
 
     Returns:
         A decorator. It records the builder and returns the public builder, which accepts
@@ -58,7 +66,7 @@ def register_model(
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = builder.__name__
-        add_entry(ModelEntry(name, builder, family, kind, dict(default_cfg or {})))
+        add_entry(ModelEntry(name, builder, family, kind, dict(default_cfg or {}), dict(pretrained_kwargs or {})))
 
         def public_builder(pretrained: bool | str | Path = False, **kwargs: Any) -> nn.Module:
             return create_model(name, pretrained=pretrained, **kwargs)
@@ -156,26 +164,63 @@ def create_model(
         >>> model(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 10])
     """
-    entry = get_model_entry(model_name)
+    get_model_entry(model_name)  # an unknown name is named before anything else
     arch, tag = split_model_name(model_name)
+    weights = resolve_weight_source(arch, tag, pretrained)
+    return build_model(
+        weights,
+        features_only=features_only,
+        out_indices=out_indices,
+        progress=progress,
+        reinit_head=reinit_head,
+        **kwargs,
+    )
+
+
+def build_model(
+    weights: WeightSource,
+    *,
+    features_only: bool = False,
+    out_indices: Iterable[int] | None = None,
+    progress: bool = True,
+    reinit_head: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build ``weights.arch`` with the weights ``weights`` names: :func:`create_model` after resolving ``pretrained``.
+
+    Args:
+        weights: From :func:`~backbones.hub.weight_source.resolve_weight_source` (or a
+            :class:`~backbones.models.reference.ModelSource`).
+        features_only: See :func:`create_model`.
+        out_indices: See :func:`create_model`.
+        progress: Show a progress bar while downloading weights.
+        reinit_head: See :func:`create_model`.
+        **kwargs: Passed to the model class.
+
+    Returns:
+        The model, in training mode.
+
+    Raises:
+        ValueError: A bad option, or ``features_only`` on an FPN.
+        WeightsError: The weights cannot be obtained, are corrupt, or do not fit.
+    """
+    entry = get_model_entry(weights.arch)
+    arch = weights.arch
     check_model_options(kwargs)
     out_indices = check_out_indices(out_indices)
-    spec = resolve_weight_spec(arch, tag, pretrained)
-    build_kwargs = {**(spec.model_kwargs if spec else {}), **kwargs}
+    if features_only and entry.kind != "classifier":
+        raise ValueError(
+            f"{arch!r} already returns multi-scale features; features_only applies to "
+            f"classification models such as {arch.removesuffix('_fpn')!r}"
+        )
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices only applies with features_only=True")
+    policy = entry.pretrained_kwargs if weights.kind == "tag" else {}
+    build_kwargs = {**policy, **weights.model_kwargs, **kwargs}
     model = entry.builder(**build_kwargs)
     classes = getattr(model, "num_classes", None) if entry.kind == "classifier" else None
-    model.pretrained_cfg = head_consistent_cfg(pretrained_cfg_for(entry, spec), classes)
+    model.pretrained_cfg = head_consistent_cfg(pretrained_cfg_for(entry, weights.spec), classes)
     # What save_pretrained writes to config.json, so from_pretrained can rebuild the same network.
     model.model_config = {"architecture": arch, **build_kwargs}
-    if pretrained is not False and pretrained is not None:
-        load_pretrained(model, arch, spec, pretrained, progress=progress, reinit_head=reinit_head)
-    if features_only:
-        if entry.kind != "classifier":
-            raise ValueError(
-                f"{arch!r} already returns multi-scale features; features_only applies to "
-                f"classification models such as {arch.removesuffix('_fpn')!r}"
-            )
-        model = model.feature_extractor(out_indices)
-    elif out_indices is not None:
-        raise ValueError("out_indices only applies with features_only=True")
-    return model
+    load_pretrained(model, weights, progress=progress, reinit_head=reinit_head)
+    return model.feature_extractor(out_indices) if features_only else model

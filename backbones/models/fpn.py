@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from backbones.core.features import FeatureInfo, FeatureInfoList, module_stages, ordered_features
+from backbones.core.features import FeatureInfo, FeatureInfoList, freeze_stages, ordered_features
 from backbones.core.layers import NormLayer, freeze_batch_norm
 from backbones.core.registry import get_model_entry
 from backbones.models.extractor import FeatureExtractor
@@ -27,6 +27,7 @@ from backbones.models.factory import create_model, register_model
 from backbones.models.pretrained import HubMixin
 
 __all__ = [
+    "PRETRAINED_BODY_OPTIONS",
     "BackboneWithFPN",
     "ExtraFPNBlock",
     "FeaturePyramidNetwork",
@@ -202,9 +203,12 @@ class BackboneWithFPN(nn.Module, HubMixin):
         return self.fpn(list(self.body(x).values()))
 
 
-_EXTRA_BLOCKS = ("pool", "p6p7", None)
-# torchvision's detectors train the last three stages of a pretrained body.
-PRETRAINED_TRAINABLE_LAYERS = 3
+# The body torchvision's detectors build around trained weights: trained BatchNorm statistics are
+# worth keeping fixed (detection batches are small), and only the last three stages train. Without
+# trained weights every stage trains with ordinary BatchNorm: frozen initial statistics (mean 0,
+# variance 1) would be an identity that never learns. The tv_coco manifest entry is generated from
+# this (weights/make_manifest.py), so the COCO weights are built into the same network.
+PRETRAINED_BODY_OPTIONS: dict[str, Any] = {"norm_layer": "frozen_batchnorm", "trainable_layers": 3}
 
 
 def _make_extra_blocks(
@@ -219,19 +223,6 @@ def _make_extra_blocks(
     if extra_blocks == "p6p7_c5":
         return LastLevelP6P7(last_in_channels, out_channels)
     raise ValueError(f"extra_blocks must be 'pool', 'p6p7', 'p6p7_c5', None or an ExtraFPNBlock, got {extra_blocks!r}")
-
-
-def _freeze_stages(model: nn.Module, trainable_layers: int) -> None:
-    """Stop gradients to all but the last ``trainable_layers`` stages of ``model.feature_info``."""
-    stages = len(model.feature_info)
-    if not 0 <= trainable_layers <= stages:
-        raise ValueError(f"trainable_layers must be between 0 and {stages} for this backbone, got {trainable_layers}")
-    first_trainable = stages - trainable_layers
-    owner = module_stages(model)
-    for name, parameter in model.named_parameters():
-        module = next((m for m in owner if name.startswith(m + ".")), None)
-        if module is not None and owner[module] < first_trainable:
-            parameter.requires_grad_(False)
 
 
 def fpn_backbone(
@@ -253,11 +244,11 @@ def fpn_backbone(
         returned_layers: Stages of ``feature_info`` that feed the pyramid (1..4 = strides 4..32).
         trainable_layers: How many of the last stages train (0..5); earlier ones are frozen
             (3: the last three stages; 5: everything). Default: as torchvision's detectors,
-            3 with pretrained weights, 5 (everything trains) without.
+            :data:`PRETRAINED_BODY_OPTIONS`'s with ``backbone_pretrained``, everything without.
         norm_layer: The body's norm: ``"frozen_batchnorm"`` (BatchNorm layers become fixed affine
             maps, for small detection batches), ``"batchnorm"`` or a callable. Default: as
-            torchvision's detectors, frozen with pretrained weights, trainable BatchNorm without
-            (frozen BatchNorm at its initial statistics would be an identity that never learns).
+            torchvision's detectors, :data:`PRETRAINED_BODY_OPTIONS`'s with ``backbone_pretrained``,
+            the body's own (trainable BatchNorm) without.
         extra_blocks: ``"pool"`` (Faster R-CNN), ``"p6p7"`` (RetinaNet, from P5), ``"p6p7_c5"``
             (from C5), ``None`` or an :class:`ExtraFPNBlock`.
         out_channels: Channels of every pyramid level.
@@ -273,11 +264,9 @@ def fpn_backbone(
     """
     if get_model_entry(arch).kind != "classifier":
         raise ValueError(f"an FPN needs a classification backbone, got {arch!r}")
-    # torchvision's detectors decide both by whether weights come in: pretrained statistics are
-    # worth freezing, initial ones (mean 0, variance 1) are not.
     trained = backbone_pretrained is not False and backbone_pretrained is not None
     if norm_layer is None and trained:
-        norm_layer = "frozen_batchnorm"
+        norm_layer = PRETRAINED_BODY_OPTIONS["norm_layer"]
     if norm_layer is None:  # the body's own norm (VGG without _bn has none)
         body = create_model(arch, pretrained=backbone_pretrained, **backbone_kwargs)
     elif norm_layer == "frozen_batchnorm":
@@ -286,68 +275,73 @@ def fpn_backbone(
     else:
         body = create_model(arch, pretrained=backbone_pretrained, norm_layer=norm_layer, **backbone_kwargs)
     if trainable_layers is None:
-        trainable_layers = PRETRAINED_TRAINABLE_LAYERS if trained else len(body.feature_info)
-    _freeze_stages(body, trainable_layers)
+        trainable_layers = PRETRAINED_BODY_OPTIONS["trainable_layers"] if trained else len(body.feature_info)
+    freeze_stages(body, trainable_layers)
     extractor = FeatureExtractor(body, out_indices=tuple(returned_layers))
     extra = _make_extra_blocks(extra_blocks, out_channels, extractor.feature_info[-1].channels)
     return BackboneWithFPN(extractor, out_channels, extra, fpn_norm_layer)
 
 
-@register_model(family="resnet", kind="fpn")
+def register_fpn(family: str, **options: Any) -> Any:
+    """:func:`~backbones.models.factory.register_model` for an FPN: published weights bring the body policy."""
+    return register_model(family=family, kind="fpn", pretrained_kwargs=PRETRAINED_BODY_OPTIONS, **options)
+
+
+@register_fpn(family="resnet")
 def resnet18_fpn(**kwargs: Any) -> BackboneWithFPN:
     """ResNet-18 + FPN: pyramid levels '0'..'3' (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("resnet18", **kwargs)
 
 
-@register_model(family="resnet", kind="fpn")
+@register_fpn(family="resnet")
 def resnet34_fpn(**kwargs: Any) -> BackboneWithFPN:
     """ResNet-34 + FPN: pyramid levels '0'..'3' (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("resnet34", **kwargs)
 
 
-@register_model(family="resnet", kind="fpn")
+@register_fpn(family="resnet")
 def resnet50_fpn(**kwargs: Any) -> BackboneWithFPN:
     """ResNet-50 + FPN, torchvision's ``resnet_fpn_backbone("resnet50")``: the Faster R-CNN backbone.
 
     Levels '0'..'3' (strides 4..32) and 'pool' (64), 256 channels each. With pretrained weights
-    (``tv_coco``, or ``backbone_pretrained``): frozen BatchNorm and the last three stages
-    trainable; without: trainable BatchNorm and every stage, as torchvision's
-    ``fasterrcnn_resnet50_fpn(weights=None)``. Drops into ``torchvision.models.detection.FasterRCNN``.
+    (``tv_coco``, or ``backbone_pretrained``): the body of :data:`PRETRAINED_BODY_OPTIONS` (frozen
+    BatchNorm, the last stages trainable); without: trainable BatchNorm and every stage, as
+    torchvision's ``fasterrcnn_resnet50_fpn(weights=None)``. Drops into ``torchvision.models.detection.FasterRCNN``.
     """
     return fpn_backbone("resnet50", **kwargs)
 
 
-@register_model(family="resnet", kind="fpn")
+@register_fpn(family="resnet")
 def resnet101_fpn(**kwargs: Any) -> BackboneWithFPN:
     """ResNet-101 + FPN: pyramid levels '0'..'3' (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("resnet101", **kwargs)
 
 
-@register_model(family="resnet", kind="fpn")
+@register_fpn(family="resnet")
 def resnet152_fpn(**kwargs: Any) -> BackboneWithFPN:
     """ResNet-152 + FPN: pyramid levels '0'..'3' (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("resnet152", **kwargs)
 
 
-@register_model(family="vgg", kind="fpn")
+@register_fpn(family="vgg")
 def vgg16_fpn(**kwargs: Any) -> BackboneWithFPN:
     """VGG-16 + FPN on pool2..pool5 (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("vgg16", **kwargs)
 
 
-@register_model(family="vgg", kind="fpn")
+@register_fpn(family="vgg")
 def vgg19_fpn(**kwargs: Any) -> BackboneWithFPN:
     """VGG-19 + FPN on pool2..pool5 (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("vgg19", **kwargs)
 
 
-@register_model(family="inception", kind="fpn")
+@register_fpn(family="inception")
 def googlenet_v1_fpn(**kwargs: Any) -> BackboneWithFPN:
     """GoogLeNet + FPN on conv3, inception3b, 4e, 5b (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("googlenet_v1", **kwargs)
 
 
-@register_model(family="inception", kind="fpn", default_cfg={"input_size": (3, 299, 299)})
+@register_fpn(family="inception", default_cfg={"input_size": (3, 299, 299)})
 def inception_v3_fpn(**kwargs: Any) -> BackboneWithFPN:
     """Inception v3 + FPN on Conv2d_4a, Mixed_5d, 6e, 7c (strides 4..32) and 'pool' (64), 256 channels."""
     return fpn_backbone("inception_v3", **kwargs)

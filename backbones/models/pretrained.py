@@ -15,17 +15,16 @@ Example:
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch.nn as nn
 
+from backbones.core.references import CONFIG_NAME, WEIGHTS_NAME, is_hub_repo_id, path_like
+
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "HubMixin", "check_config", "from_pretrained", "load_config", "local_folder"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 _EXTRACTOR_KEYS = ("features_only", "out_indices")
 
@@ -140,10 +139,6 @@ def check_config(config: Any, where: str) -> None:
         raise ValueError(f"{where}: 'pretrained_cfg.class_names' must be a list of strings or null")
 
 
-# A Hub repo id: owner/name, each part letters, digits, '-', '_', '.' (the Hub's rule, stated once here).
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-
-
 def _resolve(
     repo_id_or_dir: str | Path, filename: str, revision: str | None, progress: bool, **hub_options: Any
 ) -> Path:
@@ -187,22 +182,15 @@ def local_folder(repo_id_or_dir: str | Path) -> Path | None:
             f"{local} is a file; from_pretrained takes a folder written by save_pretrained or a Hub repo id (load a "
             f"weights file with create_model('<arch>', pretrained={text!r}))"
         )
-    first = text.split("/", 1)[0]
-    path_like = (
-        isinstance(repo_id_or_dir, Path)
-        or text.startswith((".", "/", "~"))
-        or "\\" in text
-        or text.count("/") != 1
-        or Path(first).expanduser().is_dir()
-    )
-    if path_like:
+    if path_like(repo_id_or_dir) or "/" not in text:
+        first = text.split("/", 1)[0]
         why = (
             f" (the folder {first} exists, so this is read as a path, not a Hub repo id)"
-            if Path(first).is_dir()
+            if "/" in text and Path(first).expanduser().is_dir()
             else ""
         )
         raise FileNotFoundError(f"there is no folder {local.resolve()}{why}; check the path")
-    if not _REPO_ID.match(text):
+    if not is_hub_repo_id(text):
         raise ValueError(
             f"{text!r} is neither a local folder nor a Hub repo id ('owner/name' of letters, digits, '-', '_', '.')"
         )

@@ -1,9 +1,8 @@
 """bfloat16 convolutions on CPUs without bf16 instructions.
 
 Where oneDNN has no bf16 kernels (an AVX2-only CPU: no AVX-512 BF16, no AVX-NE-CONVERT), PyTorch
-convolves bfloat16 tensors with its generic kernel, measured at about 10x the time of the float32
-convolution (a 64-channel 3x3 convolution of 16 images of 64x80 on one thread: 0.80 s against
-0.074 s). A native bf16 convolution multiplies bf16 values, sums the products in float32 and rounds
+convolves bfloat16 tensors with its generic kernel, many times slower than the float32
+convolution. A native bf16 convolution multiplies bf16 values, sums the products in float32 and rounds
 the result to bf16; the float32 kernel computes exactly that when given the bf16 values widened to
 float32, so :class:`Bf16ConvOnFloat32Kernels` does, at the float32 kernel's speed. Weights stay
 bf16 in memory; activations between layers stay bf16.

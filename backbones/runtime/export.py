@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from backbones.core.files import atomic_path
 from backbones.core.layers import FrozenBatchNorm2d
+from backbones.core.vocabulary import EXPORT_FORMATS, dtype_name
 from backbones.runtime.torchscript_builtins import forget_replaced_operators
 
 __all__ = [
@@ -42,7 +43,9 @@ __all__ = [
     "program_to_onnx",
 ]
 
-FORMATS = ("onnx", "pt2", "torchscript")
+FORMATS = EXPORT_FORMATS
+# The precisions export writes: float32 files in every format, int8 QDQ as ONNX.
+EXPORT_DTYPES = ("fp32", "int8")
 _SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
 DEFAULT_OPSET = 18
 # The exporter (torch.onnx, dynamo=True) implements opset 18 upward: asked for less, it writes 18
@@ -266,7 +269,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     optimize: bool = False,
     check: bool = True,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "fp32",
     calibration: Any = None,
 ) -> Path:
     """Export ``model`` for deployment.
@@ -286,9 +289,9 @@ def export(
             graph optimizer (constant folding, redundant-op removal). Off by default: it doubles
             the export time, and onnxruntime optimizes the graph when it loads it anyway.
         check: Validate the ONNX file with ``onnx.checker`` after writing it.
-        dtype: ``"float32"``, or ``"int8"`` (ONNX only): an int8 QDQ file quantized by
-            onnxruntime's own tools on the ``calibration`` batches, then run once in onnxruntime
-            to check it. See :mod:`backbones.runtime.onnx_int8`.
+        dtype: ``"fp32"`` (also ``"float32"`` or ``torch.float32``), or ``"int8"`` (ONNX only): an
+            int8 QDQ file quantized by onnxruntime's own tools on the ``calibration`` batches, then
+            run once in onnxruntime to check it. See :mod:`backbones.runtime.onnx_int8`.
         calibration: For int8: batches of preprocessed images, as ``optimize(dtype="int8")`` takes
             (:func:`backbones.calibration_batches` makes them).
 
@@ -296,15 +299,19 @@ def export(
         The path written.
 
     Raises:
-        ExportError: Unsupported format, unwritable path, a missing exporter package, or int8
-            asked for a format other than ONNX or without calibration.
+        ExportError: Unsupported format or dtype, unwritable path, a missing exporter package, or
+            int8 asked for a format other than ONNX or without calibration.
     """
+    try:
+        dtype = dtype_name(dtype, allowed=EXPORT_DTYPES, what="export's dtype")
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     path, format = check_destination(path, format)
     if format == "onnx":
         check_opset(opset)
-    if dtype != "float32":
+    if dtype == "int8":
         return _export_onnx_int8(
-            model, path, format, dtype, calibration, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset
+            model, path, format, calibration, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset
         )
     network = _prepare(model, fold_norms=optimize)
     if format == "torchscript":
@@ -437,17 +444,13 @@ def _name_dynamic_axes(model: Any) -> None:
             value.shape = ir.Shape(dims)
 
 
-def _export_onnx_int8(
-    model: nn.Module, path: Path, format: str, dtype: str, calibration: Any, **float_options: Any
-) -> Path:
+def _export_onnx_int8(model: nn.Module, path: Path, format: str, calibration: Any, **float_options: Any) -> Path:
     """The float ONNX file, quantized by onnxruntime on ``calibration``, then run once in onnxruntime."""
     import tempfile
 
     from backbones.runtime.onnx_int8 import quantize_onnx, run_onnx
     from backbones.runtime.quantize import calibration_tensors
 
-    if dtype != "int8":
-        raise ExportError(f"export dtype must be 'float32' or 'int8', got {dtype!r}")
     if format != "onnx":
         raise ExportError(
             f"int8 export writes ONNX only, not {format}; "

@@ -1,9 +1,9 @@
 """The inference fast path: ``backbones.optimize(model)``.
 
 What it does, in order: a private copy in eval mode without gradients; the forward traced with
-torch.fx; BatchNorm folded into the convolutions; weights in ``bfloat16`` if asked (about twice the
-fp32 convolution rate on CPUs with AVX-512 bf16, more with AMX; on a CPU without bf16 instructions,
-bf16's numerics at fp32's speed, see :mod:`backbones.runtime.bf16`); channels-last memory layout; convolutions fused
+torch.fx; BatchNorm folded into the convolutions; weights in ``bfloat16`` if asked (faster on CPUs
+with AVX-512 bf16 or AMX; on a CPU without bf16 instructions, bf16's numerics at fp32's speed, see
+:mod:`backbones.runtime.bf16`); channels-last memory layout; convolutions fused
 with their ReLU and residual addition into oneDNN kernels on pre-packed weights; and, with
 ``compile=True``, torch.compile with freezing instead of the last step (inductor then does its
 own fusion and packing). Inputs are checked and converted, outputs come back in the input's dtype,
@@ -12,15 +12,15 @@ and everything runs under ``torch.inference_mode``.
 ``dtype="int8"`` quantizes instead (post-training static quantization with torch.ao.quantization
 onto the x86 int8 kernels; see :mod:`backbones.runtime.quantize`): weights per-channel symmetric
 int8, activation scales calibrated on the ``calibration`` batches; inputs and outputs stay float32.
-``dtype="int8", compile=True`` takes torchao's pt2e flow and inductor instead (about 1.1x faster on
-a ResNet-50 after a compile on the first call; needs the optional torchao package; see
-:mod:`backbones.runtime.quantize_pt2e`).
+``dtype="int8", compile=True`` takes torchao's pt2e flow and inductor instead (after a compile on
+the first call; needs the optional torchao package; see :mod:`backbones.runtime.quantize_pt2e`;
+benchmarks/RESULTS.md compares the two).
 
 Accuracy (checked by the tests on every registered model): fp32 outputs within 1e-4 relative to
 the eager model; bf16 outputs with cosine similarity >= 0.999 and top-1 agreement >= 99%.
 
 Example:
-    >>> fast = backbones.optimize(backbones.create_model("resnet50", pretrained=True), dtype=torch.bfloat16)
+    >>> fast = backbones.optimize(backbones.create_model("resnet50", pretrained=True), dtype="bf16")
     >>> logits = fast(images)          # float32 logits, computed in bfloat16
     >>> int8 = backbones.optimize(model, dtype="int8", calibration=backbones.calibration_batches(model, "digits"))
 """
@@ -37,6 +37,7 @@ from torch import Tensor
 from torch.utils._pytree import tree_map
 
 from backbones.core.inputs import check_image_batch
+from backbones.core.vocabulary import dtype_name
 from backbones.runtime.bf16 import convolve_bf16_on_float32_kernels
 from backbones.runtime.fusion import folded_copy, fuse_conv_pointwise, mkldnn_fusion_available
 from backbones.runtime.quantize import QuantizationReport, drop_traced_weight_checks, engine_selected, quantize_int8
@@ -45,28 +46,18 @@ from backbones.runtime.quantize_pt2e import quantize_int8_compiled
 __all__ = ["OptimizedModel", "optimize"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
-# What ``optimize(dtype=...)`` accepts, by name (the CLI passes names) or torch dtype.
-_DTYPE_NAMES: dict[Any, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "int8": torch.qint8,
-    torch.int8: torch.qint8,
-}
+# The torch dtype each name of the shared vocabulary computes in (int8: torch.qint8).
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.qint8}
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """The dtype :func:`optimize` computes in for ``dtype``: ``torch.float32``, ``torch.bfloat16`` or
-    ``torch.qint8`` (int8).
+    ``torch.qint8`` (int8), read through :func:`backbones.core.vocabulary.dtype_name`.
 
     Raises:
         ValueError: Anything else.
     """
-    resolved = _DTYPE_NAMES.get(dtype.lower() if isinstance(dtype, str) else dtype, dtype)
-    if resolved not in (*SUPPORTED_DTYPES, torch.qint8):
-        raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, or 'int8', got {dtype!r}")
-    return resolved  # type: ignore[return-value]
+    return TORCH_DTYPES[dtype_name(dtype, what="optimize's dtype")]
 
 
 class OptimizedModel(nn.Module):
@@ -154,20 +145,22 @@ def optimize(
 
     Args:
         model: The model to speed up.
-        dtype: ``torch.float32`` or ``torch.bfloat16`` (weights and activations; outputs are
-            returned in the input's dtype), or ``"int8"`` (post-training static quantization;
-            needs ``calibration``; float32 in and out). Names ``"float32"``/``"bfloat16"`` work too.
+        dtype: ``"fp32"`` or ``"bf16"`` (weights and activations; outputs are returned in the
+            input's dtype), or ``"int8"`` (post-training static quantization; needs
+            ``calibration``; float32 in and out). The long names and torch dtypes work too
+            (``"bfloat16"``, ``torch.bfloat16``; see :mod:`backbones.core.vocabulary`).
         compile: Run the network with ``torch.compile`` and freezing (inductor's CPU backend).
-            The first call compiles (tens of seconds for a ResNet-50); later processes reuse
-            inductor's on-disk cache. With int8, quantize through torchao's pt2e flow (torchao
+            The first call compiles (for a large network, long enough to notice); later processes
+            reuse inductor's on-disk cache. With int8, quantize through torchao's pt2e flow (torchao
             must be installed) rather than onto the eager int8 kernels.
         example_input: An input of the shape you will usually feed: the oneDNN weights are
             packed for it now rather than on the first call of that shape.
         calibration: For int8 only: batches of preprocessed images like the ones the model will
             see (one ``[N, C, H, W]`` tensor, a list of them, or a DataLoader of ``(images, labels)``);
             :func:`backbones.calibration_batches` makes them from a folder or the digits (32 images
-            by default). Use 16 or more: with 8, the activation ranges are coarse enough to cost
-            Inception v3 2.5 dB of output SQNR. Any batch size may be used later.
+            by default). Use 16 or more: with fewer, the activation ranges are coarse enough to
+            cost deep networks measurable output SQNR (the README's int8 section has the figures).
+            Any batch size may be used later.
 
     Returns:
         An :class:`OptimizedModel`.

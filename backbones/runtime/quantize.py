@@ -3,7 +3,7 @@
 The work is done by the library PyTorch maintains in this version, ``torch.ao.quantization``'s FX
 graph mode: weights per-channel symmetric int8, activations uint8 with a scale found by a
 histogram observer on the calibration batches. No observers or kernels of our own. The engine
-follows the CPU (:func:`int8_engine`): where its flags show VNNI, torch.ao's oneDNN backend with
+follows the CPU (:func:`select_int8_engine`): where its flags show VNNI, torch.ao's oneDNN backend with
 8-bit activations, whose patterns also fuse each residual or FPN addition into the convolution
 before it; elsewhere the x86 engine (fbgemm kernels, the ones torchvision's quantized models run
 on) with 7-bit activations, its default.
@@ -43,9 +43,9 @@ __all__ = [
     "drop_traced_weight_checks",
     "engine_selected",
     "forget_quantized_modules",
-    "int8_engine",
     "quantize_int8",
-    "quantized_engine",
+    "select_int8_engine",
+    "select_x86_engine",
 ]
 
 # Why an operation the graph contains is left in float32, by the kind of operation.
@@ -109,16 +109,15 @@ def _backend_config(engine: str) -> Any:
     return get_onednn_backend_config() if engine == "onednn" else get_native_backend_config()
 
 
-def int8_engine() -> str:
-    """The quantized engine :func:`quantize_int8` packs for on this CPU, selected process-wide.
+def select_int8_engine() -> str:
+    """Select, for the whole process, the quantized engine :func:`quantize_int8` packs for on this CPU; return it.
 
     ``onednn`` where the CPU has VNNI and this PyTorch has the engine: torch.ao's oneDNN backend
     fuses a convolution with the residual (or FPN) addition after it, and its ReLU, into one
     ``quantized::conv2d_add_relu`` kernel. The x86 engine has no such kernel; on VNNI CPUs it runs
-    the same oneDNN convolutions and each addition as a separate ``quantized::add_relu``: resnet50,
-    batch 8, took 45.1 ms on the x86 engine and 40.5 ms on this one (AMD Zen 5, 2 threads, two
-    benchmark runs). Elsewhere ``x86`` (see :func:`quantized_engine`): oneDNN's int8 kernels are
-    built for VNNI.
+    the same oneDNN convolutions and each addition as a separate ``quantized::add_relu``, an extra
+    pass over every residual's activations (benchmarks/INT8_PROFILE.md has the timings). Elsewhere
+    ``x86`` (see :func:`select_x86_engine`): oneDNN's int8 kernels are built for VNNI.
 
     Raises:
         RuntimeError: This PyTorch build has no x86 or fbgemm quantized engine.
@@ -126,7 +125,7 @@ def int8_engine() -> str:
     if cpu_has_vnni() and "onednn" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "onednn"
         return "onednn"
-    return quantized_engine()
+    return select_x86_engine()
 
 
 @contextlib.contextmanager
@@ -148,8 +147,8 @@ def engine_selected(engine: str | None) -> Iterator[None]:
         torch.backends.quantized.engine = previous
 
 
-def quantized_engine() -> str:
-    """Select and return the quantized engine for this CPU: ``x86`` where the build has it.
+def select_x86_engine() -> str:
+    """Select, for the whole process, torch's ``x86`` quantized engine (``fbgemm`` on older builds); return it.
 
     The engine is a process-wide torch setting; int8 weights are packed for the engine set when
     they are converted, so it is selected before conversion.
@@ -269,9 +268,9 @@ class _WithoutPlaceholderWork(torch.overrides.TorchFunctionMode):
     ``convert_fx`` builds each layer twice over: a float reference module (``nn.Linear.__init__``
     draws torch's default weights) whose weights are copied from the float network, then a
     quantized module whose ``__init__`` packs an empty int8 weight of the full size for the x86
-    kernels (``linear_prepack``) before ``from_reference`` packs the real one. For VGG's 120M
-    classifier weights the draws took 1.3 of the 6.2 s a conversion took here, and the placeholder
-    packing 0.9 of the 5.1 left. This mode returns the initialisers' tensors untouched and packs a
+    kernels (``linear_prepack``) before ``from_reference`` packs the real one. For a large
+    classifier (VGG's) that wasted work is a large share of the conversion, as random draws and
+    packing scale with the weights. This mode returns the initialisers' tensors untouched and packs a
     placeholder as a 1x1 weight; every weight of the quantized network still comes from the float
     network (the SQNR test over every registered model checks the outputs). A torch function mode
     is thread-local, so other threads keep their initialisation and packing.
@@ -359,7 +358,7 @@ def quantize_int8(model: nn.Module, calibration: Tensor | Iterable) -> tuple[tor
     forget_replaced_operators()
 
     batches = calibration_tensors(calibration, getattr(model, "in_chans", 3), getattr(model, "min_input_size", 1))
-    engine = int8_engine()
+    engine = select_int8_engine()
     backend_config = _backend_config(engine)
     network = drop_traced_weight_checks(folded_copy(model)[0])
     with warnings.catch_warnings():

@@ -13,7 +13,7 @@ Two things make torchao's quantizer work on our models (and on torchvision's). A
 at two places (a ResNet block's one ``ReLU``) is one "source partition" with two outputs, which
 the quantizer refuses ("Input partition has more than one output node"): each call gets its own
 copy first. And on CPUs without VNNI, activations keep to 7 bits as in the eager engine; with
-8 bits the int8 products saturate (SQNR fell from 22 to 15 dB on resnet50 on an AVX2 CPU).
+8 bits the int8 products saturate and the SQNR falls well below the 7-bit one's.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from backbones.runtime.quantize import (
     cpu_has_vnni,
     drop_traced_weight_checks,
     forget_quantized_modules,
-    quantized_engine,
+    select_x86_engine,
 )
 from backbones.runtime.torchscript_builtins import forget_replaced_operators
 
@@ -123,7 +123,7 @@ def quantize_int8_compiled(model: nn.Module, calibration: Tensor | Iterable) -> 
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
     batches = calibration_tensors(calibration, getattr(model, "in_chans", 3), getattr(model, "min_input_size", 1))
-    engine = quantized_engine()
+    engine = select_x86_engine()
     network = drop_traced_weight_checks(folded_copy(model)[0])
     separate_shared_modules(network)
     example = batches[0].contiguous(memory_format=torch.channels_last)

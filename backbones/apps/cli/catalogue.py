@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from backbones.apps.cli.models import add_model_argument, resolve_cli_model
 from backbones.apps.cli.options import natural_key, parse_shape
 
 __all__ = ["add_commands"]
@@ -23,23 +24,13 @@ def add_commands(command: Any) -> None:
     cmd.add_argument("--kind", choices=["classifier", "fpn"], help="only classifiers or only FPN models")
 
     cmd = command("info", "architecture, stages, parameters, MACs and available weights of a model", _cmd_info)
-    cmd.add_argument("name", help="architecture or arch.tag, e.g. resnet50")
+    add_model_argument(cmd)
 
     cmd = command("summary", "the layer table: output shapes, parameters, MACs, stride, receptive field", _cmd_summary)
-    cmd.add_argument("name", help="architecture, e.g. vgg19")
+    add_model_argument(cmd)
     cmd.add_argument("--input", type=parse_shape, help="input shape N,C,H,W (default: 1 and the model's input size)")
     cmd.add_argument("--depth", type=int, default=1, help="how deep to list nested layers (0: top level only)")
     cmd.add_argument("--json", action="store_true", help="print the rows as JSON")
-
-
-def meta_model(name: str, **kwargs: Any) -> Any:
-    """Build ``name`` on the meta device (instant, even for VGG)."""
-    import torch
-
-    from backbones.models.factory import create_model
-
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -53,17 +44,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    import backbones.models  # noqa: F401 - registers the families before the registry is asked
     from backbones.apps.analysis import summary
-    from backbones.core.registry import get_model_entry, split_model_name
+    from backbones.core.registry import split_model_name
     from backbones.hub.manifest import get_weight_spec, weight_names
 
-    entry = get_model_entry(args.name)
-    arch, _ = split_model_name(args.name)
-    model = meta_model(args.name)
+    source = resolve_cli_model(args, default_weights=False)
+    entry, arch = source.entry, source.architecture
+    model = source.skeleton()
     size = tuple(model.pretrained_cfg["input_size"])
     table = summary(model, (1, *size), depth=0, device="meta")
     print(f"{arch}: {type(model).__name__} ({entry.family} family, {entry.kind})")
+    if source.origin != "name":
+        print(f"from: {source.reference} ({source.origin}; weights {source.describe_weights()})")
     print(f"parameters: {table.total_params:,} (trainable {table.trainable_params:,})")
     print(f"multiply-adds at {size[1]}x{size[2]}: {table.total_macs / 1e9:.2f} G")
     print(f"minimum input: {model.min_input_size}x{model.min_input_size}")
@@ -85,7 +77,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from backbones.apps.analysis import summary
 
-    model = meta_model(args.name)
+    model = resolve_cli_model(args, default_weights=False).skeleton()
     shape = args.input or (1, *model.pretrained_cfg["input_size"])
     table = summary(model, shape, depth=args.depth, device="meta")
     print(json.dumps(table.as_dicts(), indent=1) if args.json else table)

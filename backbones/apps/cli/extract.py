@@ -11,18 +11,10 @@ import json
 import os
 from typing import Any
 
-from backbones.apps.cli.options import positive_int
+from backbones.apps.cli.models import add_model_argument, add_pretrained_option, pretrained_choice
+from backbones.apps.cli.options import add_dtype_option, positive_int
 
 __all__ = ["add_commands"]
-
-# Kept here (not imported from the runner) so that --help does not import torch.
-_DTYPES = ("fp32", "bf16", "int8")
-
-
-def _pretrained(text: str | None) -> bool | str:
-    if text is None:
-        return True
-    return False if text.lower() == "none" else text
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
@@ -36,7 +28,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         batch_size=args.batch_size,
         workers=args.workers,
-        pretrained=_pretrained(args.pretrained),
+        pretrained=pretrained_choice(args.pretrained),
         shard_size=args.shard_size,
         split=args.split,
         image_size=args.image_size,
@@ -85,7 +77,7 @@ def add_commands(command: Any) -> None:
     cmd = command(
         "extract", "features of every image of a folder (or the digits) into safetensors shards", _cmd_extract
     )
-    cmd.add_argument("model", help="architecture or arch.tag (e.g. resnet50), or a save_pretrained / finetune folder")
+    add_model_argument(cmd)
     cmd.add_argument("--data", required=True, help="an image folder (class subfolders become labels) or 'digits'")
     cmd.add_argument("--out", required=True, help="output folder: shards, index.csv, manifest.json")
     cmd.add_argument(
@@ -94,19 +86,14 @@ def add_commands(command: Any) -> None:
         help="pooled (pre-logits embedding), stage names from feature_info (layer3,layer4; NAME:pooled "
         "averages a map), or fpn for an _fpn model (default: pooled)",
     )
-    cmd.add_argument("--dtype", choices=_DTYPES, default="fp32", help="compute dtype of the fast path (default fp32)")
+    add_dtype_option(cmd, help="compute dtype of the fast path (default fp32)")
     cmd.add_argument("--batch-size", type=positive_int, default=64, help="images per forward (default 64)")
     cmd.add_argument(
         "--workers",
         type=int,
         help="DataLoader processes decoding images (default: cores per process, at most 4; 0: none)",
     )
-    cmd.add_argument(
-        "--pretrained",
-        metavar="TAG|PATH|none",
-        help="weights for a registered name: a tag, a weights file or folder, or none for random "
-        "(default: the tag in the name, else the default weights)",
-    )
+    add_pretrained_option(cmd, default_weights=True)
     cmd.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard (default 1024)")
     cmd.add_argument(
         "--split", choices=("all", "train", "val"), default="all", help="which images of DATA (default all)"

@@ -8,37 +8,38 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backbones.apps.cli.options import add_device_option, check_output_file, natural_key, positive_int
+from backbones.apps.cli.models import add_model_argument, add_pretrained_option, resolve_cli_model
+from backbones.apps.cli.options import (
+    add_device_option,
+    add_dtype_option,
+    check_output_file,
+    natural_key,
+    positive_int,
+)
 
 __all__ = ["add_commands"]
 
-DTYPES = ("fp32", "bf16", "int8")
-# owner/name on the Hugging Face Hub: a model saved there with save_pretrained or push_to_hub.
-HUB_REPO = re.compile(r"^[\w.-]+/[\w.-]+$")
 PICTURE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def add_commands(command: Any) -> None:
     """Register ``predict`` and ``features`` (see :func:`backbones.apps.cli.main.build_parser`)."""
     cmd = command("predict", "classify images (files or folders) with pretrained or fine-tuned weights", _cmd_predict)
-    cmd.add_argument("name", help="architecture or arch.tag (resnet50.tv2_in1k), or a save_pretrained folder")
+    add_model_argument(cmd)
     cmd.add_argument("images", nargs="+", help="image files, or folders searched recursively for images")
     cmd.add_argument("--top-k", type=positive_int, default=5, help="how many classes to show per image")
-    cmd.add_argument("--weights", help="a weight tag, a weights file or a save_pretrained folder (default: the tag's)")
+    add_pretrained_option(cmd, default_weights=True, aliases=("--weights",))
     output = cmd.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the results as one JSON object")
     output.add_argument("--csv", action="store_true", help="print CSV rows: image,rank,index,class,probability")
     cmd.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass")
-    cmd.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="fp32",
+    add_dtype_option(
+        cmd,
         help="fp32: the model as it is; bf16: backbones.optimize in bfloat16; int8: quantized, calibrated on "
         "the given images (or --calibration)",
     )
@@ -49,10 +50,10 @@ def add_commands(command: Any) -> None:
     cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
 
     cmd = command("features", "save a picture of what the network saw and every feature / FPN level", _cmd_features)
-    cmd.add_argument("name", help="architecture or arch.tag (resnet50_fpn), or a folder written by save_pretrained")
+    add_model_argument(cmd)
     cmd.add_argument("image", help="an image file")
     cmd.add_argument("--out", default="features.png", help="the picture to write: .png, .jpg or .jpeg")
-    cmd.add_argument("--weights", help="a weight tag, a weights file or a save_pretrained folder (default: random)")
+    add_pretrained_option(cmd, default_weights=False, aliases=("--weights",))
     add_device_option(cmd)
     cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
 
@@ -112,47 +113,10 @@ def check_images(paths: list[Path]) -> None:
             )
 
 
-def saved_folder(text: str | None) -> Path | None:
-    """``text`` as a ``save_pretrained`` folder (it holds a config.json), else ``None``."""
-    if not text:
-        return None
-    path = Path(text).expanduser()
-    return path if (path / "config.json").is_file() else None
-
-
-def load_model(name: str, weights: str | None, *, default_weights: bool, progress: bool) -> tuple[Any, str]:
-    """The model the command line names, and in words which weights it carries.
-
-    A saved folder (as the name, or as ``--weights``) brings its own architecture, head, class
-    names and preprocessing from its ``config.json``.
-
-    Raises:
-        ValueError: Both a saved folder and ``--weights``, or a saved folder of another architecture.
-    """
-    from backbones.core.registry import split_model_name
-    from backbones.models.factory import create_model
-    from backbones.models.pretrained import from_pretrained
-
-    folder = saved_folder(name)
-    if folder is not None or HUB_REPO.match(name):
-        if weights:
-            raise ValueError(f"{name} is a saved model with its own weights; drop --weights {weights}")
-        where = f"{folder} (saved model)" if folder is not None else f"{name} (Hub repo)"
-        return from_pretrained(folder or name, progress=progress), where
-    folder = saved_folder(weights)
-    if folder is not None:
-        model = from_pretrained(folder, progress=progress)
-        saved_arch = getattr(model, "model_config", {}).get("architecture")
-        arch = split_model_name(name)[0]
-        if saved_arch and saved_arch != arch:
-            raise ValueError(
-                f"--weights {weights} holds a {saved_arch}, not a {arch}; run `backbones predict {weights} IMAGE...`"
-            )
-        return model, f"{folder} (saved model)"
-    pretrained: bool | str = weights or default_weights
-    model = create_model(name, pretrained=pretrained, progress=progress)
-    described = model.pretrained_cfg.get("weights", weights) if pretrained else "random"
-    return model, str(described)
+def load_model(args: argparse.Namespace, *, default_weights: bool) -> tuple[Any, str]:
+    """The model the command line names (``MODEL`` and ``--pretrained``), and in words which weights it carries."""
+    source = resolve_cli_model(args, default_weights=default_weights)
+    return source.build(progress=not args.quiet), source.describe_weights()
 
 
 def _batches(paths: list[Path], transform: Any, size: int) -> Iterator[tuple[list[Path], Any]]:
@@ -168,21 +132,12 @@ def _batches(paths: list[Path], transform: Any, size: int) -> Iterator[tuple[lis
 # ----------------------------------------------------------------------------- predict
 
 
-def _refuse_fpn_name(name: str) -> None:
-    from backbones.models.factory import get_model_entry
-
-    if get_model_entry(name).kind == "fpn":
-        raise ValueError(
-            f"{name} is a feature pyramid (a detection backbone) and does not classify; "
-            f"see its levels with `backbones features {name} IMAGE`"
-        )
-
-
-def _refuse_non_classifiers(model: Any, name: str) -> None:
-    if getattr(model, "num_classes", None):
+def _refuse_non_classifiers(source: Any, name: str) -> None:
+    """Before any weights are fetched: predict needs class logits."""
+    if source.is_classifier:
         return
-    arch = getattr(model, "model_config", {}).get("architecture", name)
-    if hasattr(model, "out_channels") or str(arch).endswith("_fpn"):
+    arch = source.architecture
+    if source.entry.kind == "fpn":
         raise ValueError(
             f"{arch} is a feature pyramid (a detection backbone) and does not classify; "
             f"see its levels with `backbones features {name} IMAGE`"
@@ -196,13 +151,9 @@ def _refuse_non_classifiers(model: Any, name: str) -> None:
 def _fast_model(model: Any, dtype: str, calibration: Any) -> Any:
     if dtype == "fp32":
         return model
-    import torch
-
     from backbones.runtime.optimize import optimize
 
-    if dtype == "bf16":
-        return optimize(model, dtype=torch.bfloat16)
-    return optimize(model, dtype="int8", calibration=calibration)
+    return optimize(model, dtype=dtype, calibration=calibration)
 
 
 def _calibration(model: Any, args: argparse.Namespace, paths: list[Path], transform: Any) -> Any:
@@ -227,13 +178,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.dtype != "fp32" and device.type != "cpu":
         raise ValueError(f"--dtype {args.dtype} is backbones.optimize's CPU path; use --dtype fp32 with --device cuda")
-    if saved_folder(args.name) is None and not HUB_REPO.match(args.name):
-        _refuse_fpn_name(args.name)  # before any weights are fetched
+    source = resolve_cli_model(args, default_weights=True)
+    _refuse_non_classifiers(source, args.model)
     paths = image_paths(args.images)
     check_images(paths)
-    model, weights = load_model(args.name, args.weights, default_weights=True, progress=not args.quiet)
-    _refuse_non_classifiers(model, args.name)
-    model = model.eval()
+    model, weights = source.build(progress=not args.quiet).eval(), source.describe_weights()
     transform = transforms_for(model)
     network = _fast_model(model, args.dtype, _calibration(model, args, paths, transform)).to(device)
     classes = model.pretrained_cfg.get("class_names") or [str(i) for i in range(model.num_classes)]
@@ -254,7 +203,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _print_predictions(results: list[dict[str, Any]], weights: str, args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps({"model": args.name, "weights": weights, "dtype": args.dtype, "results": results}, indent=1))
+        print(json.dumps({"model": args.model, "weights": weights, "dtype": args.dtype, "results": results}, indent=1))
         return
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -283,7 +232,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     image = load_image(args.image)
-    model, weights = load_model(args.name, args.weights, default_weights=False, progress=not args.quiet)
+    model, weights = load_model(args, default_weights=False)
     pyramid = hasattr(model, "out_channels")
     if not pyramid and not hasattr(model, "out_indices"):
         model = model.feature_extractor()

@@ -11,12 +11,20 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from backbones.apps.cli import catalogue, export, extract, finetune, images, weights
-from backbones.apps.cli.options import check_output_folder, parse_size, positive_float, positive_int
+from backbones.apps.cli.models import resolve_cli_model
+from backbones.apps.cli.options import (
+    add_dtype_option,
+    check_output_folder,
+    parse_size,
+    positive_float,
+    positive_int,
+)
 from backbones.core.version import __version__
+from backbones.core.vocabulary import DTYPES
 
 __all__ = ["build_parser", "main"]
 
@@ -37,18 +45,47 @@ _CLI_HINTS = (
     (re.compile(r"\(backbones\.list_models\(\) lists them all\)"), "(`backbones list` lists them all)"),
     (
         re.compile(
-            r"load a saved folder with backbones\.from_pretrained\(.*?\), or a weights file with create_model\(.*?\)$"
+            r"load a saved folder with backbones\.from_pretrained\(.*?\), or a weights file with create_model\(.*?\)"
         ),
-        "give a saved folder as the model name, or a weights file with --weights FILE",
+        "give a saved folder as the model, or a weights file with --pretrained FILE",
     ),
 )
+# The library names its options as Python does (overwrite=True, layers='fpn'); a command says
+# them as its own flags. Only options the running command has are rewritten: a library hint for an
+# option the command lacks (reinit_head=True) stays as it is rather than naming a flag that does not exist.
+_PYTHON_OPTION = re.compile(r"\b([a-z][a-z_]*)=(True|'[^']*'|\"[^\"]*\")")
 
 
-def cli_syntax(message: str) -> str:
-    """``message`` with its Python-syntax hints rewritten as command-line ones."""
+def cli_syntax(message: str, flags: dict[str, str] | None = None) -> str:
+    """``message`` with its Python-syntax hints rewritten as command-line ones.
+
+    Args:
+        message: The library's error message.
+        flags: The running command's options, by the name the library uses (``{"skip_bad_images":
+            "--skip-bad-images"}``): ``NAME=True`` becomes the flag, ``NAME='VALUE'`` the flag and
+            its value.
+    """
     for pattern, replacement in _CLI_HINTS:
         message = pattern.sub(replacement, message)
-    return message
+
+    def as_flag(match: re.Match[str]) -> str:
+        name, value = match.groups()
+        if flags is None or name not in flags:
+            return match.group(0)
+        return flags[name] if value == "True" else f"{flags[name]} {value[1:-1]}"
+
+    return _PYTHON_OPTION.sub(as_flag, message)
+
+
+def command_flags(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """The options of sub-command ``command``, by destination: ``{"skip_bad_images": "--skip-bad-images"}``."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subparsers.choices[command]
+    return {
+        action.dest: next(o for o in action.option_strings if o.startswith("--"))
+        for action in sub._actions
+        if any(o.startswith("--") for o in action.option_strings)
+    }
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -70,16 +107,48 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # ----------------------------------------------------------------------------- bench and demo
 
 
+def _load_targets(path: str) -> Callable[[list[Any]], list[str]]:
+    """The ``report_sections(measurements)`` of the Python file ``path``: the targets a run is judged against.
+
+    Args:
+        path: A Python file such as ``benchmarks/targets.py``.
+
+    Returns:
+        Its ``report_sections``, which turns a run's measurements into Markdown lines.
+
+    Raises:
+        ValueError: No such file, or it defines no ``report_sections``.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--targets {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"backbones_bench_targets_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    sections = getattr(module, "report_sections", None)
+    if not callable(sections):
+        raise ValueError(f"--targets {path}: defines no report_sections(measurements)")
+    return sections
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from backbones.apps.benchmark import VARIANTS, BenchmarkConfig, run_benchmarks, write_report
 
     unknown = [name for name in args.variants or () if name not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}")
-    out = check_output_folder(args.out)  # before minutes of timing, not after
+    # Both before minutes of timing, not after.
+    out = check_output_folder(args.out)
+    judge = _load_targets(args.targets) if args.targets else None
     defaults = BenchmarkConfig()
+    # The benchmark times architectures (random weights shared with the references): a folder, file
+    # or Hub repo is timed as the architecture it names.
+    models = [resolve_cli_model(args, default_weights=False, reference=m).architecture for m in args.models or ()]
     config = BenchmarkConfig(
-        models=args.models or defaults.models,
+        models=models or defaults.models,
         batches=args.batches or defaults.batches,
         compile_batches=defaults.compile_batches if args.compile_batches is None else args.compile_batches,
         fpn_sizes=defaults.fpn_sizes if args.fpn_sizes is None else args.fpn_sizes,
@@ -90,7 +159,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         variants=args.variants,
     )
     results = run_benchmarks(config)
-    write_report(results, out / "RESULTS.md", out / "speedups.png")
+    sections = judge(results["measurements"]) if judge else ()
+    write_report(results, out / "RESULTS.md", out / "speedups.png", sections=sections)
     print(f"wrote {out / 'RESULTS.md'}")
     return 0
 
@@ -105,7 +175,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_bench_and_demo(command: Any) -> None:
     cmd = command("bench", "time our models against torchvision and timm; write RESULTS.md", _cmd_bench)
-    cmd.add_argument("--models", nargs="+", help="architectures to time (default: the benchmark's set)")
+    cmd.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        help="models to time, each as every command takes it (a folder, file or Hub repo is timed as its "
+        "architecture; default: the benchmark's set)",
+    )
     cmd.add_argument("--batches", nargs="+", type=positive_int, help="batch sizes (default: 1 8 32)")
     cmd.add_argument(
         "--compile-batches", nargs="*", type=positive_int, help="batches with torch.compile variants (default: 8)"
@@ -114,17 +190,23 @@ def _add_bench_and_demo(command: Any) -> None:
     cmd.add_argument("--seconds", type=positive_float, help="time budget per workload in seconds (default: 40)")
     cmd.add_argument("--threads", type=positive_int, help="intra-op threads (default: every core)")
     cmd.add_argument("--no-extras", action="store_true", help="skip memory, load, import and compile-time figures")
-    cmd.add_argument(
-        "--dtype",
+    add_dtype_option(
+        cmd,
         nargs="+",
-        choices=("fp32", "bf16", "int8"),
-        help="variants to time besides torchvision's eager fp32 baseline (default: fp32 bf16 int8)",
+        default=None,
+        help=f"variants to time besides torchvision's eager fp32 baseline (default: {' '.join(DTYPES)})",
     )
     cmd.add_argument(
         "--variants",
         nargs="+",
         metavar="NAME",
         help="time only these variants besides the baseline, e.g. 'ours int8' 'torchvision quantized int8'",
+    )
+    cmd.add_argument(
+        "--targets",
+        metavar="FILE",
+        help="a Python file whose report_sections(measurements) judges the run against its targets "
+        "(benchmarks/bench.py passes benchmarks/targets.py)",
     )
     cmd.add_argument(
         "--out",
@@ -173,7 +255,8 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit status: 0, or 2 with a one-line error."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         status = args.run(args)
         sys.stdout.flush()  # a closed pipe shows up here rather than at exit
@@ -187,5 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("BACKBONES_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"backbones {args.command}: error: {cli_syntax(message)}", file=sys.stderr)
+        flags = command_flags(parser, args.command)
+        print(f"backbones {args.command}: error: {cli_syntax(message, flags)}", file=sys.stderr)
         return 2

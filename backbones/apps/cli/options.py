@@ -10,13 +10,18 @@ import argparse
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from backbones.core.vocabulary import DTYPES, dtype_name
+
 __all__ = [
     "add_device_option",
+    "add_dtype_option",
     "check_output_file",
     "check_output_folder",
+    "dtype_argument",
     "json_object",
     "natural_key",
     "parse_shape",
@@ -27,26 +32,37 @@ __all__ = [
 ]
 
 
-def positive_int(text: str) -> int:
-    """An integer of at least 1 (``--top-k``, ``--batches``, ``--threads``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
-    return value
+def _number_type(convert: Callable[[str], Any], accept: Callable[[Any], bool], expected: str, name: str) -> Any:
+    """An argparse ``type``: ``convert`` the text, keep it if ``accept``, else say what was ``expected``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    parse.__doc__ = f"{expected[0].upper()}{expected[1:]}."
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """A finite number above 0 (``--seconds``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
-    return value
+# --top-k, --batches, --threads
+positive_int: Callable[[str], int] = _number_type(int, lambda v: v >= 1, "a whole number of at least 1", "positive_int")
+# --seconds
+positive_float: Callable[[str], float] = _number_type(
+    float, lambda v: 0 < v < float("inf"), "a number above 0", "positive_float"
+)
+# --workers, --trainable-stages
+non_negative_int: Callable[[str], int] = _number_type(
+    int, lambda v: v >= 0, "a whole number of 0 or more", "non_negative_int"
+)
+# --val-fraction
+fraction: Callable[[str], float] = _number_type(
+    float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)", "fraction"
+)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -141,6 +157,41 @@ def add_device_option(command: argparse.ArgumentParser) -> None:
         "--device",
         default="cpu",
         help="where to run: cpu, cuda or cuda:N (CUDA needs a PyTorch build with CUDA and a visible GPU)",
+    )
+
+
+def dtype_argument(allowed: Sequence[str] = DTYPES) -> Any:
+    """An argparse ``type`` reading a precision through :func:`~backbones.core.vocabulary.dtype_name`.
+
+    ``--dtype bfloat16`` and ``--dtype bf16`` are the same; a bad value is one argparse line.
+    """
+
+    def parse(text: str) -> str:
+        try:
+            return dtype_name(text, allowed=allowed, what="--dtype")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = "dtype"  # argparse names the type in its messages
+    return parse
+
+
+def add_dtype_option(
+    command: argparse.ArgumentParser,
+    *,
+    allowed: Sequence[str] = DTYPES,
+    default: str | None = "fp32",
+    nargs: str | None = None,
+    help: str,
+) -> None:
+    """``--dtype`` with the shared vocabulary (fp32, bf16, int8 and their long names), limited to ``allowed``."""
+    command.add_argument(
+        "--dtype",
+        type=dtype_argument(allowed),
+        default=default,
+        nargs=nargs,
+        metavar="{" + ",".join(allowed) + "}",
+        help=help,
     )
 
 

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from backbones.apps.cli.images import HUB_REPO
 from backbones.apps.cli.options import json_object
+from backbones.core.references import is_hub_repo_id
 
 __all__ = ["add_commands"]
 
@@ -60,7 +60,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     from backbones.hub.manifest import get_weight_spec
 
     for name in args.names:
-        if HUB_REPO.match(name):
+        if is_hub_repo_id(name):
             print(_download_repo(name, args.revision, progress=not args.quiet))
             continue
         if args.revision:

@@ -79,9 +79,7 @@ def parse_layers(spec: str | Sequence[str], model: nn.Module) -> LayerSelection:
     """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     if not items or not all(items):
-        raise ValueError(
-            f"--layers needs one or more comma-separated names, got {spec!r}; valid: {_valid_names(model)}"
-        )
+        raise ValueError(f"layers needs one or more comma-separated names, got {spec!r}; valid: {_valid_names(model)}")
     stages = _stage_names(model)
     outputs: list[str] = []
     for item in items:
@@ -90,7 +88,7 @@ def parse_layers(spec: str | Sequence[str], model: nn.Module) -> LayerSelection:
         if base == FPN:
             if not isinstance(model, BackboneWithFPN):
                 raise ValueError(
-                    f"--layers {FPN} needs an FPN model such as resnet50_fpn; this {type(model).__name__} has "
+                    f"layers='{FPN}' needs an FPN model such as resnet50_fpn; this {type(model).__name__} has "
                     f"{_valid_names(model)}"
                 )
             outputs += [name + suffix for name in stages]
@@ -102,7 +100,7 @@ def parse_layers(spec: str | Sequence[str], model: nn.Module) -> LayerSelection:
             raise ValueError(f"unknown layer {item!r} for this {type(model).__name__}; valid: {_valid_names(model)}")
     repeated = sorted({name for name in outputs if outputs.count(name) > 1})
     if repeated:
-        raise ValueError(f"--layers names {', '.join(repeated)} twice; give each layer once")
+        raise ValueError(f"layers names {', '.join(repeated)} twice; give each layer once")
     needed = {name.removesuffix(POOLED_SUFFIX) for name in outputs if name != POOLED}
     return LayerSelection(tuple(outputs), tuple(s for s in stages if s in needed), POOLED in outputs)
 

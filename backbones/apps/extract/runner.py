@@ -22,7 +22,6 @@ from torch import Tensor
 
 from backbones.apps.extract.batches import extraction_loader, shard_batches
 from backbones.apps.extract.layers import LayerSelection, extraction_network, parse_layers, select_outputs
-from backbones.apps.extract.source import ModelSource, resolve_model
 from backbones.apps.extract.store import (
     FORMAT,
     MANIFEST_NAME,
@@ -37,17 +36,19 @@ from backbones.apps.extract.store import (
 )
 from backbones.apps.parallel import DistributedContext, barrier, distributed_session, main_process_progress
 from backbones.core.version import __version__
+from backbones.core.vocabulary import dtype_name
 from backbones.data.datasets import BUILTIN_DATASETS, open_dataset
 from backbones.data.images import BadImageError
+from backbones.models.reference import ModelSource, resolve_model
 from backbones.runtime.optimize import optimize
 
-__all__ = ["DTYPES", "extract"]
+__all__ = ["STORED_DTYPES", "extract"]
 
-# --dtype -> (the dtype optimize() computes in, the dtype the shards store).
-DTYPES: dict[str, tuple[Any, torch.dtype]] = {
-    "fp32": (torch.float32, torch.float32),
-    "bf16": (torch.bfloat16, torch.bfloat16),  # bf16 outputs stored as they are computed: lossless, half the size
-    "int8": ("int8", torch.float32),  # int8 networks return float32
+# What the shards store for each precision the network computes in (backbones.core.vocabulary's names).
+STORED_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,  # bf16 outputs stored as they are computed: lossless, half the size
+    "int8": torch.float32,  # int8 networks return float32
 }
 MAX_DEFAULT_WORKERS = 4
 # int8: activation ranges observed on this many batches of DATA (seeded, the same in every process).
@@ -75,14 +76,16 @@ def _layer_shapes(network: nn.Module, selection: LayerSelection, example: Tensor
     }
 
 
-def _make_plan(source: ModelSource, dataset: Any, selection: LayerSelection, options: dict[str, Any]) -> dict[str, Any]:
+def _make_plan(
+    source: ModelSource, model: nn.Module, dataset: Any, selection: LayerSelection, options: dict[str, Any]
+) -> dict[str, Any]:
     plan = {
         "format": FORMAT,
-        "model": source.name,
+        "model": source.reference,
         "architecture": source.architecture,
-        "weights": source.weights,
-        "weights_sha256": state_dict_sha256(source.model),
-        "preprocessing": _preprocessing(dataset, source.model),
+        "weights": source.describe_weights(),
+        "weights_sha256": state_dict_sha256(model),
+        "preprocessing": _preprocessing(dataset, model),
         "layers": list(selection.outputs),
         "data": dataset.source if dataset.source in BUILTIN_DATASETS else str(Path(dataset.source).resolve()),
         "classes": list(dataset.classes),
@@ -171,7 +174,7 @@ def extract(
     dtype: str = "fp32",
     batch_size: int = 64,
     workers: int | None = None,
-    pretrained: bool | str | Path = True,
+    pretrained: bool | str | Path | None = None,
     shard_size: int = 1024,
     split: str = "all",
     image_size: int | None = None,
@@ -187,19 +190,23 @@ def extract(
     shards and redoes the rest; the result equals an uninterrupted run.
 
     Args:
-        model: ``"arch"`` / ``"arch.tag"``, a ``save_pretrained`` or ``finetune`` folder, or a module.
+        model: A model reference (see :func:`backbones.models.reference.resolve_model`): ``"arch"`` /
+            ``"arch.tag"``, a ``save_pretrained`` or ``finetune`` folder, a weights file, an
+            ``owner/name`` Hub repo, or a module.
         data: An image folder (any depth; top-level class subfolders become labels, else -1) or ``"digits"``.
         out: The output folder (shards, ``index.csv``, ``manifest.json``).
         layers: ``"pooled"`` (pre-logits embedding), stage names from ``feature_info``
             (``"layer3,layer4"``; ``"layer4:pooled"`` averages a map), or ``"fpn"`` for an ``_fpn`` model.
-        dtype: ``"fp32"``, ``"bf16"`` or ``"int8"``: what ``backbones.optimize`` computes in; bf16
+        dtype: ``"fp32"``, ``"bf16"`` or ``"int8"`` (or their long names and torch dtypes, see
+            :mod:`backbones.core.vocabulary`): what ``backbones.optimize`` computes in; bf16
             features are stored as bfloat16; int8 is calibrated on 4 seeded batches of 8 images of
             ``data`` (the digits' training split) and stores float32.
         batch_size: Images per forward.
         workers: DataLoader worker processes decoding images (default: the cores per process, at most 4;
             0 decodes in this process).
         pretrained: For a registered name: ``True`` (default weights), a tag, a weights file or
-            folder, or ``False`` (random weights).
+            folder, a Hub repo, or ``False`` (random weights); ``None``: the tag in the name, else
+            the default weights.
         shard_size: Images per shard (the unit of resuming and of work sharing).
         split: ``"all"``, or ``"train"`` / ``"val"`` of the data layer's seeded split.
         image_size: Input height and width (default: the model's crop size; digits: 32 or the model's minimum).
@@ -220,20 +227,20 @@ def extract(
         >>> backbones.extract("resnet50", "photos/", "features/", layers="pooled,layer3:pooled", dtype="bf16")
         >>> result = backbones.load_features("features/")
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    dtype = dtype_name(dtype, what="extract's dtype")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    compute_dtype, store_dtype = DTYPES[dtype]
+    store_dtype = STORED_DTYPES[dtype]
     out = Path(out).expanduser()
     with distributed_session(device=device) as context:
-        source = resolve_model(model, pretrained)
-        selection = parse_layers(layers, source.model)  # before scanning a folder that may hold millions
-        dataset = open_dataset(data, split, model=source.model, training=False, image_size=image_size)
+        source = resolve_model(model, pretrained, default=True)
+        loaded = source.build(progress=progress).eval()
+        selection = parse_layers(layers, loaded)  # before scanning a folder that may hold millions
+        dataset = open_dataset(data, split, model=loaded, training=False, image_size=image_size)
         spans = shard_ranges(len(dataset), shard_size)
-        network = extraction_network(source.model.to(context.device), selection)
+        network = extraction_network(loaded.to(context.device), selection)
         size = dataset.image_size
-        example = torch.zeros(1, source.model.in_chans, size, size, device=context.device)
+        example = torch.zeros(1, loaded.in_chans, size, size, device=context.device)
         options = {
             "dtype": dtype,
             "calibration": dict(CALIBRATION, data=dataset.source) if dtype == "int8" else None,
@@ -243,7 +250,7 @@ def extract(
             "shards": len(spans),
             "skip_bad_images": skip_bad_images,
         }
-        plan = _make_plan(source, dataset, selection, options)
+        plan = _make_plan(source, loaded, dataset, selection, options)
         fresh = check_output_folder(out, plan, overwrite=overwrite)  # every process decides alike
         barrier(context)
         if context.is_main:
@@ -253,7 +260,7 @@ def extract(
         mine = [s for s in range(len(spans)) if s % context.world_size == context.rank and s not in done]
         if mine:
             batch = example.expand(batch_size, -1, -1, -1)
-            fast = _fast_network(network, compute_dtype, batch, source.model, data, dataset.image_size)
+            fast = _fast_network(network, dtype, batch, loaded, data, dataset.image_size)
             _run_shards(
                 fast,
                 selection,

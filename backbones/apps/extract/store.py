@@ -149,9 +149,9 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); remove it or pass --overwrite") from None
+        raise ValueError(f"{path} is not valid JSON ({err}); remove it or pass overwrite=True") from None
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} was not written by backbones extract ({FORMAT}); choose another --out")
+        raise ValueError(f"{path} was not written by backbones extract ({FORMAT}); choose another output folder")
     return manifest
 
 
@@ -183,12 +183,13 @@ def check_output_folder(out: Path, plan: dict[str, Any], *, overwrite: bool) -> 
         NotADirectoryError: ``out`` is a file.
     """
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; give a folder for the features")
+        raise NotADirectoryError(f"out='{out}' is a file; give a folder for the features")
     existing = _read_manifest(out) if not overwrite else None
     if existing is None:
         if not overwrite and any(p.name != MANIFEST_NAME for p in _our_files(out) if not is_temporary(p)):
             raise FileExistsError(
-                f"{out} holds feature shards but no manifest; pass --overwrite to replace them or choose another --out"
+                f"{out} holds feature shards but no manifest; pass overwrite=True to replace them or choose another "
+                f"output folder"
             )
         return True
     if existing.get("fingerprint") == plan["fingerprint"]:
@@ -196,7 +197,7 @@ def check_output_folder(out: Path, plan: dict[str, Any], *, overwrite: bool) -> 
     differing = [label for key, label in _COMPARED.items() if existing.get(key) != plan.get(key)] or ["settings"]
     raise FileExistsError(
         f"{out} holds other features ({_describe(existing)}; this run: {_describe(plan)}; differing: "
-        f"{', '.join(differing)}); pass --overwrite to replace them, or choose another --out"
+        f"{', '.join(differing)}); pass overwrite=True to replace them, or choose another output folder"
     )
 
 

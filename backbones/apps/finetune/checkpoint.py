@@ -11,7 +11,6 @@ removed once a newer one is complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch.nn as nn
 
 from backbones.apps.parallel import DistributedContext
 from backbones.core.files import atomic_path, save_safetensors_atomic
+from backbones.hub.integrity import file_sha256
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -60,14 +60,6 @@ class ResumeState:
 def _paths(folder: Path, epoch: int) -> tuple[Path, Path]:
     stem = folder / CHECKPOINT_DIR / f"epoch-{epoch:04d}"
     return stem.with_suffix(".safetensors"), Path(f"{stem}.state.pt")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _gather_rng_states(context: DistributedContext) -> dict[str, torch.Tensor]:
@@ -129,7 +121,7 @@ def save_checkpoint(
         "run": json.dumps(run, sort_keys=True),
         "metrics": json.dumps(metrics),
         "best_top1": best_top1,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
     }
     with atomic_path(state_path) as tmp:
         torch.save(state, tmp)
@@ -162,14 +154,14 @@ def load_checkpoint(
     """
     epoch = latest_checkpoint(folder)
     if epoch is None:
-        raise CheckpointError(f"--resume: {folder / CHECKPOINT_DIR} holds no checkpoint; run without --resume")
+        raise CheckpointError(f"resume=True: {folder / CHECKPOINT_DIR} holds no checkpoint; run without resume=True")
     weights, state_path = _paths(folder, epoch)
-    fix = f"delete {folder / CHECKPOINT_DIR} (or the --out folder) and start again without --resume"
+    fix = f"delete {folder / CHECKPOINT_DIR} (or the output folder) and start again without resume=True"
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, bad pickle opcode, anything: the file is not usable
         raise CheckpointError(f"checkpoint {state_path} is cut short or damaged ({err}); {fix}") from None
-    if not weights.exists() or _sha256(weights) != state.get("weights_sha256"):
+    if not weights.exists() or file_sha256(weights) != state.get("weights_sha256"):
         raise CheckpointError(
             f"checkpoint weights {weights} are missing, cut short or changed (their sha256 differs from the one "
             f"recorded at epoch {epoch}); {fix}"
@@ -178,7 +170,7 @@ def load_checkpoint(
     changed = sorted(k for k in run if saved_run.get(k) != run[k])
     if changed:
         details = ", ".join(f"{k}: {saved_run.get(k)!r} -> {run[k]!r}" for k in changed)
-        raise CheckpointError(f"--resume with other options than the checkpoint's ({details}); use the same ones")
+        raise CheckpointError(f"resume=True with other options than the checkpoint's ({details}); use the same ones")
     if state["threads"] != torch.get_num_threads() and context.is_main:
         import warnings
 

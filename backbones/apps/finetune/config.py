@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DTYPES", "OPTIMIZERS", "RESUME_FIELDS", "FinetuneConfig"]
+from backbones.core.vocabulary import dtype_name
+
+__all__ = ["OPTIMIZERS", "RESUME_FIELDS", "TRAINING_DTYPES", "FinetuneConfig"]
 
 OPTIMIZERS = ("sgd", "adamw")
-DTYPES = ("fp32", "bf16")
-# Learning rate and weight decay when not given: SGD's is the recipe measured on the digits
-# (nesterov, lr 0.05, batch 64); AdamW's the usual fine-tuning values.
+# The precisions of the shared vocabulary that training supports (int8 is for inference only).
+TRAINING_DTYPES = ("fp32", "bf16")
+# Learning rate and weight decay when not given: SGD's is the digits recipe (benchmarks/FINETUNE.md
+# holds its results); AdamW's the usual fine-tuning values.
 _DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 _DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
 # Fields that define what a checkpoint continues: --resume refuses a run that changed one of them.
@@ -61,10 +64,13 @@ class FinetuneConfig:
         warmup_epochs: Linear warmup from 0, then cosine decay to 0 over the remaining steps.
         label_smoothing: Cross-entropy label smoothing.
         clip_grad_norm: Clip the global gradient norm to this (``None``: no clipping).
-        dtype: ``"fp32"``, or ``"bf16"`` autocast for the forward pass.
-        pretrained: Start from these weights (a tag such as ``"tv_in1k"``, or a file), with a fresh
-            head for the data's classes. ``None``: random initialisation (or the weights of a
-            ``save_pretrained`` folder given as ``model``).
+        dtype: ``"fp32"``, or ``"bf16"`` autocast for the forward pass (the long names
+            ``"float32"`` / ``"bfloat16"`` and torch dtypes are read as these).
+        pretrained: For an architecture, start from these weights, with a fresh head for the
+            data's classes: ``True`` (the default tag), a tag such as ``"tv_in1k"``, a weights file
+            or folder, or a Hub repo. ``None`` / ``False``: random initialisation (``None`` with a
+            tag in the name: that tag's weights). A saved folder, file or Hub repo given as
+            ``model`` starts from its own weights.
         trainable_stages: Train only the last K stages of ``model.feature_info`` (the FPN's
             split) and the head; ``None`` trains everything; 0 trains the head only.
         freeze_norm: Keep BatchNorm statistics and affine parameters fixed (eval-mode BatchNorm).
@@ -99,7 +105,7 @@ class FinetuneConfig:
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
     dtype: str = "fp32"
-    pretrained: str | None = None
+    pretrained: bool | str | None = None
     trainable_stages: int | None = None
     freeze_norm: bool = False
     augment: bool | None = None
@@ -122,8 +128,7 @@ class FinetuneConfig:
             self.val_data = str(self.val_data)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        self.dtype = dtype_name(self.dtype, allowed=TRAINING_DTYPES, what="finetune's dtype")
         if self.lr is None:
             self.lr = _DEFAULT_LR[self.optimizer]
         if self.weight_decay is None:
@@ -144,7 +149,7 @@ class FinetuneConfig:
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise ValueError(f"--out {self.out} is a file; give a folder for the fine-tuned model")
+            raise ValueError(f"out='{self.out}' is a file; give a folder for the fine-tuned model")
 
     def as_dict(self) -> dict[str, Any]:
         """The options as a JSON-ready dict (what the checkpoint and metrics record)."""

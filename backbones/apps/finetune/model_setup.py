@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
-from backbones.core.registry import get_model_entry, split_model_name
+from backbones.core.features import freeze_stages
 from backbones.models.backbone import Backbone
-from backbones.models.factory import create_model
-from backbones.models.fpn import _freeze_stages
-from backbones.models.pretrained import from_pretrained, load_config
+from backbones.models.reference import ModelSource, resolve_model
 
-__all__ = ["build_model", "freeze_parts", "preprocessing_model", "set_train_mode"]
+__all__ = ["build_model", "freeze_parts", "preprocessing_model", "resolve_training_model", "set_train_mode"]
 
 
-def _is_saved_folder(model: str) -> bool:
-    return Path(model).expanduser().is_dir()
+def resolve_training_model(model: str, pretrained: str | None) -> ModelSource:
+    """The model a run fine-tunes: any model reference, random weights for a bare architecture.
 
-
-def _architecture(model: str) -> str:
-    arch = load_config(model)["architecture"] if _is_saved_folder(model) else split_model_name(model)[0]
-    entry = get_model_entry(arch)
-    if entry.kind != "classifier":
+    Raises:
+        ValueError: ``model`` is an FPN or saved without a classifier, or ``pretrained`` is given
+            with a reference that carries its own weights.
+    """
+    source = resolve_model(model, pretrained, default=False)
+    if source.entry.kind != "classifier":
+        arch = source.architecture
         raise ValueError(
             f"{arch!r} is a feature pyramid, not a classifier; fine-tune a classification model such as "
             f"{arch.removesuffix('_fpn')!r}"
         )
-    return arch
+    return source
 
 
 def build_model(
@@ -44,9 +42,11 @@ def build_model(
     """Build (or load) ``model`` with a classifier of ``num_classes`` outputs.
 
     Args:
-        model: An ``arch[.tag]`` name or a ``save_pretrained`` folder (its weights are loaded).
+        model: A model reference (an ``arch[.tag]`` name, a ``save_pretrained`` folder, a weights
+            file, a Hub repo; see :func:`backbones.models.reference.resolve_model`).
         num_classes: Classes of the data.
-        pretrained: A weight tag or file to start from (``None``: random, or the folder's weights).
+        pretrained: For an architecture: a weight tag, file, folder or Hub repo to start from
+            (``None``: the tag in the name, else random weights).
         image_size: The training input size: auxiliary heads that need larger inputs (Inception
             v3's, 299) are left out below it, with a warning.
         progress: Show download progress.
@@ -57,30 +57,20 @@ def build_model(
     Raises:
         ValueError: ``model`` is an FPN, or ``pretrained`` is given with a saved folder.
     """
-    arch = _architecture(model)
+    source = resolve_training_model(model, pretrained)
     options: dict[str, Any] = {"num_classes": num_classes}
-    aux_min = _aux_min_input_size(arch)
+    aux_min = int(getattr(source.skeleton(), "aux_min_input_size", 0) or 0)
     if aux_min and image_size is not None and image_size < aux_min:
         warnings.warn(
-            f"{arch}'s auxiliary classifier needs inputs of at least {aux_min}x{aux_min}; training at "
-            f"{image_size}x{image_size} without it",
+            f"{source.architecture}'s auxiliary classifier needs inputs of at least {aux_min}x{aux_min}; training "
+            f"at {image_size}x{image_size} without it",
             stacklevel=2,
         )
         options["aux_logits"] = False
-    if _is_saved_folder(model):
-        if pretrained:
-            raise ValueError(f"{model} is a saved model folder: its weights are the start; drop --pretrained")
-        saved_classes = load_config(model).get("model_kwargs", {}).get("num_classes")
-        return from_pretrained(model, progress=progress, reinit_head=saved_classes != num_classes, **options)
-    if pretrained:
-        return create_model(model, pretrained=pretrained, progress=progress, reinit_head=True, **options)
-    return create_model(model, **options)
-
-
-def _aux_min_input_size(arch: str) -> int:
-    with torch.device("meta"):
-        probe = create_model(arch)
-    return int(getattr(probe, "aux_min_input_size", 0) or 0)
+    saved_classes = source.saved_num_classes if source.config is not None else None
+    # A new head wherever the weights' classes are not the data's (a tag's 1000, a folder's own).
+    reinit_head = source.weights.loads_weights and saved_classes != num_classes
+    return source.build(progress=progress, reinit_head=reinit_head, **options)
 
 
 def preprocessing_model(model: str, pretrained: str | None) -> nn.Module:
@@ -88,15 +78,7 @@ def preprocessing_model(model: str, pretrained: str | None) -> nn.Module:
 
     The data is opened with it before the real model exists (whose head depends on the data's classes).
     """
-    arch = _architecture(model)
-    with torch.device("meta"):
-        if _is_saved_folder(model):
-            config = load_config(model)
-            probe = create_model(arch, **config.get("model_kwargs", {}))
-            probe.pretrained_cfg = config.get("pretrained_cfg") or probe.pretrained_cfg
-            return probe
-        tag = pretrained if pretrained and "." not in model and not Path(pretrained).exists() else None
-        return create_model(f"{model}.{tag}" if tag else model)
+    return resolve_training_model(model, pretrained).skeleton()
 
 
 def freeze_parts(model: nn.Module, trainable_stages: int | None, *, freeze_norm: bool) -> None:
@@ -114,7 +96,7 @@ def freeze_parts(model: nn.Module, trainable_stages: int | None, *, freeze_norm:
     if trainable_stages is not None:
         if not isinstance(model, Backbone):
             raise ValueError(f"trainable_stages needs a backbones classification model, got {type(model).__name__}")
-        _freeze_stages(model, trainable_stages)
+        freeze_stages(model, trainable_stages)
     if freeze_norm:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

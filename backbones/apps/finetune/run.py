@@ -15,7 +15,13 @@ import torch.nn as nn
 from backbones.apps.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from backbones.apps.finetune.config import RESUME_FIELDS, FinetuneConfig
 from backbones.apps.finetune.loop import evaluate, train_one_epoch
-from backbones.apps.finetune.model_setup import build_model, freeze_parts, preprocessing_model, set_train_mode
+from backbones.apps.finetune.model_setup import (
+    build_model,
+    freeze_parts,
+    preprocessing_model,
+    resolve_training_model,
+    set_train_mode,
+)
 from backbones.apps.finetune.optim import build_optimizer, build_schedule
 from backbones.apps.finetune.output import save_model, write_curves, write_metrics
 from backbones.apps.parallel import DistributedContext, barrier, broadcast_buffers, distributed_session
@@ -94,8 +100,9 @@ def _deterministic(enabled: bool) -> Iterator[None]:
 def _check_sync_bn(config: FinetuneConfig, context: DistributedContext) -> None:
     if config.sync_bn and context.device.type != "cuda":
         raise ValueError(
-            "--sync-bn needs CUDA: torch's SyncBatchNorm only works with GPU modules (DDP refuses it on CPU); "
-            "drop --sync-bn on CPU (each process then normalises with its own batch, and rank 0's statistics are saved)"
+            "sync_bn=True needs CUDA: torch's SyncBatchNorm only works with GPU modules (DDP refuses it on CPU); "
+            "drop sync_bn=True on CPU (each process then normalises with its own batch, and rank 0's statistics are "
+            "saved)"
         )
 
 
@@ -111,11 +118,54 @@ def _say(context: DistributedContext, config: FinetuneConfig, text: str) -> None
         print(text, flush=True)
 
 
+@dataclass
+class _PreparedRun:
+    """A run ready for its next epoch: data, model, optimizer, and the epochs done so far.
+
+    Attributes:
+        folder: The output folder.
+        train_set: The training data.
+        val_set: The validation data.
+        model: The model itself (what is evaluated and saved).
+        trained: What the steps run through: ``model``, or its DistributedDataParallel wrapper.
+        train_loader: Batches of ``train_set``.
+        val_loader: Batches of ``val_set``.
+        optimizer: The optimizer over ``model``'s trainable parameters.
+        schedule: The learning-rate schedule, stepped every batch.
+        run: The options a checkpoint must match to be resumed (``RESUME_FIELDS`` and the world size).
+        records: One ``metrics.jsonl`` record per epoch done.
+        start: Epochs done (from the checkpoint when resuming).
+        skipped: The unreadable images left out of both splits.
+    """
+
+    folder: Path
+    train_set: Any
+    val_set: Any
+    model: nn.Module
+    trained: nn.Module
+    train_loader: Any
+    val_loader: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    run: dict[str, Any]
+    records: list[dict[str, Any]]
+    start: int
+    skipped: list[str]
+
+
 def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
+    prepared = _prepare(config, context)
+    for epoch in range(prepared.start, config.epochs):
+        _run_epoch(config, context, prepared, epoch)
+    return _finish(config, context, prepared)
+
+
+def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRun:
+    """Open the data, build the model and its optimizer, and restore a checkpoint when resuming."""
     folder = Path(config.out).expanduser()
     if not config.resume and latest_checkpoint(folder) is not None:
         raise ValueError(
-            f"{folder} already holds checkpoints of a run; pass --resume to continue it or use another --out"
+            f"{folder} already holds checkpoints of a run; pass resume=True to continue it or use another output folder"
         )
     reference = preprocessing_model(config.model, config.pretrained)
     data_options = {
@@ -168,58 +218,92 @@ def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
         f"images, {len(train_set.classes)} classes, {train_set.image_size}x{train_set.image_size}, "
         f"{context.world_size} process(es) x batch {config.batch_size} ({context.backend or 'no'} backend)",
     )
-    for epoch in range(start, config.epochs):
-        set_loader_epoch(train_loader, epoch)
-        set_train_mode(trained)
-        stats = train_one_epoch(
-            trained,
-            train_loader,
-            optimizer,
-            schedule,
-            context,
-            label_smoothing=config.label_smoothing,
-            clip_grad_norm=config.clip_grad_norm,
-            dtype=config.dtype,
-            description=f"epoch {epoch + 1}/{config.epochs}",
-            progress=config.progress,
-        )
-        broadcast_buffers(model, context)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
-        result = evaluate(model, val_loader, context, len(train_set.classes), dtype=config.dtype)
-        records.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": stats.loss,
-                "val_loss": result.loss,
-                "val_top1": result.top1,
-                "val_top5": result.top5,
-                "lr": stats.lr,
-                "images_per_s": stats.images_per_s,
-                "images_per_s_per_process": stats.images_per_s / context.world_size,
-                "seconds": stats.seconds,
-                "processes": context.world_size,
-            }
-        )
-        _say(
-            context,
-            config,
-            f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, val loss {result.loss:.4f}, "
-            f"top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}%, lr {stats.lr:.4g}, "
-            f"{stats.images_per_s:.0f} images/s, {stats.seconds:.1f} s",
-        )
-        if context.is_main:
-            write_metrics(folder, records)
-            write_curves(folder, records)
-        save_checkpoint(
-            folder, epoch + 1, model, optimizer, schedule, context, run=run, metrics=records, best_top1=result.top1
-        )
-    if not records:
-        raise ValueError(f"{folder}: the checkpoint has no epoch record; start again without --resume")
-    final = dict(records[-1], val_images=len(val_set))
+    return _PreparedRun(
+        folder,
+        train_set,
+        val_set,
+        model,
+        trained,
+        train_loader,
+        val_loader,
+        optimizer,
+        schedule,
+        run,
+        records,
+        start,
+        skipped,
+    )
+
+
+def _run_epoch(config: FinetuneConfig, context: DistributedContext, prepared: _PreparedRun, epoch: int) -> None:
+    """Train one epoch, evaluate, record the metrics and write the epoch's checkpoint."""
+    set_loader_epoch(prepared.train_loader, epoch)
+    set_train_mode(prepared.trained)
+    stats = train_one_epoch(
+        prepared.trained,
+        prepared.train_loader,
+        prepared.optimizer,
+        prepared.schedule,
+        context,
+        label_smoothing=config.label_smoothing,
+        clip_grad_norm=config.clip_grad_norm,
+        dtype=config.dtype,
+        description=f"epoch {epoch + 1}/{config.epochs}",
+        progress=config.progress,
+    )
+    model = prepared.model
+    broadcast_buffers(model, context)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
+    result = evaluate(model, prepared.val_loader, context, len(prepared.train_set.classes), dtype=config.dtype)
+    records = prepared.records
+    records.append(
+        {
+            "epoch": epoch + 1,
+            "train_loss": stats.loss,
+            "val_loss": result.loss,
+            "val_top1": result.top1,
+            "val_top5": result.top5,
+            "lr": stats.lr,
+            "images_per_s": stats.images_per_s,
+            "images_per_s_per_process": stats.images_per_s / context.world_size,
+            "seconds": stats.seconds,
+            "processes": context.world_size,
+        }
+    )
+    _say(
+        context,
+        config,
+        f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, val loss {result.loss:.4f}, "
+        f"top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}%, lr {stats.lr:.4g}, "
+        f"{stats.images_per_s:.0f} images/s, {stats.seconds:.1f} s",
+    )
     if context.is_main:
-        save_model(model, folder, _training_card(config, train_set, val_set, context, records), final)
+        write_metrics(prepared.folder, records)
+        write_curves(prepared.folder, records)
+    save_checkpoint(
+        prepared.folder,
+        epoch + 1,
+        model,
+        prepared.optimizer,
+        prepared.schedule,
+        context,
+        run=prepared.run,
+        metrics=records,
+        best_top1=result.top1,
+    )
+
+
+def _finish(config: FinetuneConfig, context: DistributedContext, prepared: _PreparedRun) -> FinetuneResult:
+    """Save the trained model folder (rank 0) and say what the run reached."""
+    folder, records = prepared.folder, prepared.records
+    if not records:
+        raise ValueError(f"{folder}: the checkpoint has no epoch record; start again without resume=True")
+    final = dict(records[-1], val_images=len(prepared.val_set))
+    if context.is_main:
+        card = _training_card(config, prepared.train_set, prepared.val_set, context, records)
+        save_model(prepared.model, folder, card, final)
         _say(context, config, f"saved {folder} (validation top-1 {100 * final['val_top1']:.2f}%)")
     barrier(context)  # no process leaves (and a caller reads the folder) before rank 0 has written it
-    return FinetuneResult(folder, records, final["val_top1"], final["val_top5"], skipped, context.world_size)
+    return FinetuneResult(folder, records, final["val_top1"], final["val_top5"], prepared.skipped, context.world_size)
 
 
 def _record_preprocessing(model: nn.Module, train_set: Any, val_set: Any) -> None:
@@ -246,6 +330,11 @@ def _resize_of(transform: Any, default: int) -> int:
     return default
 
 
+def _started_from(config: FinetuneConfig) -> str:
+    weights = resolve_training_model(config.model, config.pretrained).describe_weights()
+    return "random weights" if weights == "random" else weights
+
+
 def _training_card(
     config: FinetuneConfig, train_set: Any, val_set: Any, context: DistributedContext, records: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -256,7 +345,7 @@ def _training_card(
         f"{len(train_set.classes)} classes",
         "epochs": len(records),
         "input_size": f"{train_set.image_size}x{train_set.image_size}",
-        "started_from": config.pretrained or ("the saved model" if Path(config.model).is_dir() else "random weights"),
+        "started_from": _started_from(config),
         "recipe": f"{config.optimizer} lr {config.lr} (warmup {config.warmup_epochs} epochs, cosine), batch "
         f"{config.batch_size} x {context.world_size} process(es), weight decay {config.weight_decay}, "
         f"label smoothing {config.label_smoothing}, {config.dtype}, trainable stages "
