@@ -62,6 +62,15 @@ def hub_server() -> Iterator:
 
 
 @pytest.fixture
+def forget_registered_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Weights a test adds with ``register_weights`` are forgotten after it (the shipped manifest stays)."""
+    import backbones.hub.manifest
+
+    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED", {})
+    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED_DEFAULTS", {})
+
+
+@pytest.fixture
 def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Empty Hugging Face, torch.hub and backbones caches for one test.
 

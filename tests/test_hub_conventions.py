@@ -18,11 +18,7 @@ import backbones.hub.manifest
 from backbones.apps.cli.main import main as cli_main
 from backbones.hub.download import WeightsUnavailableError
 
-
-@pytest.fixture(autouse=True)
-def _forget_registered_weights(monkeypatch) -> None:
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED", {})
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED_DEFAULTS", {})
+pytestmark = pytest.mark.usefixtures("forget_registered_weights")
 
 
 @pytest.fixture(scope="module")

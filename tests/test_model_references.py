@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import save_file
 
 import backbones
-import backbones.hub.manifest
 from backbones.models.reference import resolve_model
 
 from .helpers import assert_one_line_error, run_cli
@@ -40,11 +39,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def references(trained: dict[str, Path], hub_server, caches, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def references(trained: dict[str, Path], hub_server, caches, forget_registered_weights) -> dict[str, str]:
     """The same weights behind each kind of reference: a tag (the architecture's default), a folder, a
     file and a Hub repo on the loopback stand-in."""
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED", {})
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED_DEFAULTS", {})
     folder = trained["folder"]
     saved = {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
     hub_server.publish(HUB_REPO, saved)

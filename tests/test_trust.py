@@ -32,10 +32,7 @@ from backbones.hub.manifest import get_weight_spec, register_weights
 X = torch.randn(1, 3, 64, 64)
 
 
-@pytest.fixture(autouse=True)
-def _forget_registered_weights(monkeypatch) -> None:
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED", {})
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED_DEFAULTS", {})
+pytestmark = pytest.mark.usefixtures("forget_registered_weights")
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,7 @@ from .helpers import REPO_ROOT, copy_checkout, relative_max_diff, run_python
 X = torch.randn(2, 3, 64, 64)
 
 
-@pytest.fixture(autouse=True)
-def _forget_registered_weights(monkeypatch) -> None:
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED", {})
-    monkeypatch.setattr(backbones.hub.manifest, "_REGISTERED_DEFAULTS", {})
+pytestmark = pytest.mark.usefixtures("forget_registered_weights")
 
 
 def _publish_timm(hub_server, arch: str, tag: str, **timm_kwargs) -> torch.nn.Module:

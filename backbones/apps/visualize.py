@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,11 +52,8 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
         raise ValueError(f"no image file at {path}")
     if not path.is_file():
         raise ValueError(f"{path} is not a regular file (a folder, FIFO or device); give an image file")
-    image_module, _ = _pil()
-    with warnings.catch_warnings():
-        # Pillow warns between its limit and twice it; our limit below refuses such files anyway.
-        warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
-        rgb = decode_image(path, max_pixels=max_pixels or MAX_IMAGE_PIXELS)
+    _pil()  # this module's own message when Pillow is missing
+    rgb = decode_image(path, max_pixels=max_pixels or MAX_IMAGE_PIXELS)  # it silences Pillow's bomb warning
     data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     return data.reshape(rgb.height, rgb.width, 3).permute(2, 0, 1).float() / 255
 

@@ -24,6 +24,7 @@ __all__ = [
     "atomic_directory",
     "atomic_path",
     "atomic_write_text",
+    "check_writable_folder",
     "is_temporary",
     "save_safetensors_atomic",
 ]
@@ -79,7 +80,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     saved model) are carried over as hard links. On an exception ``path`` is left as it was.
 
     Raises:
-        NotADirectoryError: ``path`` is an existing file.
+        NotADirectoryError: ``path``, or a folder above it, is an existing file.
+        PermissionError: ``path``, or the existing folder it would be made in, is read-only.
 
     Example:
         >>> with atomic_directory("my-model") as tmp:
@@ -88,6 +90,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(os.path.realpath(Path(path).expanduser()))
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a folder; give a folder to write to")
+    check_writable_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
     try:
@@ -105,6 +108,43 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _read_only(folder: Path) -> bool:
+    # The mode is read as well as os.access: root passes every access check, and replacing a
+    # folder its owner made read-only would hand it a new mode and owner without a word.
+    return not folder.stat().st_mode & 0o222 or not os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_writable_folder(path: str | Path) -> None:
+    """Check before any work that :func:`atomic_directory` may write the folder ``path``.
+
+    Refused are a folder its owner made read-only (even for root, who could write it) and a path
+    under a file, each in one line naming the folder.
+
+    Args:
+        path: The folder to write (it need not exist yet).
+
+    Raises:
+        NotADirectoryError: A folder above ``path`` is a file.
+        PermissionError: ``path`` is a read-only folder, or the nearest existing folder above it is.
+    """
+    path = Path(os.path.realpath(Path(path).expanduser()))
+    if path.is_dir() and _read_only(path):
+        raise PermissionError(
+            f"cannot write {path}: the folder is read-only (mode {path.stat().st_mode & 0o777:o}); make it writable "
+            f"or choose another folder"
+        )
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {above} is a file, not a folder; give a folder to write to")
+    if _read_only(above):
+        raise PermissionError(
+            f"cannot write {path}: the folder {above} it goes in is read-only (mode {above.stat().st_mode & 0o777:o}); "
+            f"make it writable or choose another folder"
+        )
 
 
 def _carry_over(old: Path, new: Path) -> None:

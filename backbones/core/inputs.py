@@ -2,11 +2,12 @@
 
 # No `from __future__ import annotations`: torch.fx copies forward's annotations into generated
 # code, which TorchScript must be able to read.
+import numbers
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["IMAGENET_DEFAULT_CFG", "check_image_batch"]
+__all__ = ["IMAGENET_DEFAULT_CFG", "check_image_batch", "check_normalization"]
 
 IMAGENET_DEFAULT_CFG: dict[str, Any] = {
     "input_size": (3, 224, 224),
@@ -24,8 +25,9 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int, weight: Tensor | 
     """Check that ``x`` is a float batch ``[N, in_chans, H, W]`` with H, W >= ``min_size``.
 
     With ``weight`` (a floating-point weight of the model), a float input of another precision
-    (float64 or float16 into a float32 model) is refused with the cast that fixes it, instead of
-    a dtype error from inside the first convolution. The weight itself is passed, not its dtype,
+    (float64 or float16 into a float32 model), or on another device (a meta or CUDA tensor into a
+    CPU model), is refused with the cast or move that fixes it, instead of an error from inside
+    the first convolution. The weight itself is passed, not its dtype,
     so a graph traced once (torch.fx) checks against the dtype the model has when it runs.
 
     Models call this first, so a wrong input fails with a message that names the problem and
@@ -33,8 +35,8 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int, weight: Tensor | 
 
     Raises:
         TypeError: Not a tensor (a numpy array, a list); the message says how to convert it.
-        ValueError: Wrong rank, an integer dtype, another float dtype than ``weight``'s, the wrong
-            channel count, or an image too small.
+        ValueError: Wrong rank, an integer dtype, another float dtype or device than ``weight``'s,
+            the wrong channel count, or an image too small.
 
     Example:
         >>> check_image_batch(torch.zeros(3, 224, 224), in_chans=3, min_size=32)
@@ -62,6 +64,11 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int, weight: Tensor | 
             f"the input is {x.dtype} but the model's weights are {weight.dtype}; cast the input with "
             f"x.to({weight.dtype}) (or the model with model.to({x.dtype}))"
         )
+    if weight is not None and x.device != weight.device:
+        raise ValueError(
+            f"the input is on {x.device} but the model's weights are on {weight.device}; move the input with "
+            f"x.to('{weight.device}') (or the model with model.to('{x.device}'))"
+        )
     if x.shape[1] != in_chans:
         raise ValueError(
             f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "
@@ -74,3 +81,34 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int, weight: Tensor | 
             f"at least {min_size}x{min_size}; resize or pad the image"
         )
     return x
+
+
+def check_normalization(cfg: dict[str, Any], where: str = "") -> None:
+    """Check the ``mean`` and ``std`` of a ``pretrained_cfg``: one number per input channel, std above 0.
+
+    What normalises every image must be numbers before it reaches a transform: a ``"abc"`` in a
+    config.json or set on a model would otherwise normalise with characters, or fail deep inside
+    torchvision.
+
+    Args:
+        cfg: A ``pretrained_cfg`` (its absent fields are not checked).
+        where: Prefixed to the message (the file the cfg came from), e.g. ``".../config.json: "``.
+
+    Raises:
+        ValueError: The field is named, with the count of numbers wanted and the value found.
+    """
+    input_size = cfg.get("input_size")
+    channels = input_size[0] if isinstance(input_size, (list, tuple)) and input_size else None
+    channels = channels if isinstance(channels, int) and not isinstance(channels, bool) else None
+    for field in ("mean", "std"):
+        if field not in cfg:
+            continue
+        value = cfg[field]
+        numbers_ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value
+        )
+        count_ok = numbers_ok and (len(value) == channels if channels else len(value) > 0)
+        if not count_ok or (field == "std" and any(v <= 0 for v in value)):
+            wanted = f"{channels} numbers (one per input channel)" if channels else "a list of numbers"
+            positive = ", each above 0" if field == "std" else ""
+            raise ValueError(f"{where}pretrained_cfg.{field} must be {wanted}{positive}, got {value!r}")

@@ -14,7 +14,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["CONFIG_OPTIONS", "check_model_options", "check_out_indices"]
+__all__ = ["CONFIG_OPTIONS", "check_flags", "check_model_options", "check_out_indices"]
 
 MAX_CLASSES = 100_000
 MAX_CHANNELS = 4096
@@ -117,6 +117,26 @@ def check_model_options(options: Mapping[str, Any], *, source: str | None = None
         problem = check(name, value)
         if problem:
             raise ValueError(where + problem)
+
+
+def check_flags(flags: Mapping[str, Any]) -> None:
+    """Check that each of ``flags`` (``features_only``, ``progress``...) is a bool.
+
+    A string such as ``"no"`` is truthy: taken as it is, it would silently mean True.
+
+    Raises:
+        ValueError: The flag is named, with the value given.
+
+    Example:
+        >>> check_flags({"features_only": "no"})
+        Traceback (most recent call last):
+        ...
+        ValueError: features_only must be True or False, got 'no'
+    """
+    for name, value in flags.items():
+        problem = _flag(name, value)
+        if problem:
+            raise ValueError(problem)
 
 
 def check_out_indices(out_indices: Any) -> tuple[int, ...] | None:

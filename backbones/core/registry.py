@@ -91,7 +91,7 @@ def get_model_entry(name: str) -> ModelEntry:
 
     Raises:
         UnknownModelError: The architecture is not registered (the message lists the closest names),
-            or the name is not a string, empty, or a path.
+            or the name is not a string, empty, a path, or ends in an empty tag (``"resnet18."``).
     """
     if not isinstance(name, str) or not name:
         raise UnknownModelError(f"a model name is a non-empty string such as 'resnet50', got {name!r}")
@@ -100,11 +100,16 @@ def get_model_entry(name: str) -> ModelEntry:
             f"{name!r} is not a model name but looks like a path: load a saved folder with "
             f"backbones.from_pretrained({name!r}), or a weights file with create_model('<arch>', pretrained={name!r})"
         )
-    arch, _ = split_model_name(name)
-    try:
-        return _REGISTRY[arch]
-    except KeyError:
-        raise UnknownModelError(unknown_name_message("model", arch, list(_REGISTRY))) from None
+    arch, dot, tag = name.partition(".")
+    entry = _REGISTRY.get(arch)
+    if entry is None:
+        raise UnknownModelError(unknown_name_message("model", arch, list(_REGISTRY)))
+    if dot and not tag:
+        raise UnknownModelError(
+            f"{name!r} has an empty weight tag: name the architecture alone ({arch!r}, its default weights) or "
+            f"with a tag such as '{arch}.<tag>' (backbones.list_models(pretrained=True) lists them)"
+        )
+    return entry
 
 
 def unknown_name_message(what: str, name: str, known: Iterable[str]) -> str:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "BadImageError", "decode_image", "is_image_file"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "BadImageError",
+    "decode_image",
+    "is_image_file",
+    "quiet_bomb_warning",
+]
 
 # torchvision's ImageFolder extensions.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -33,6 +43,20 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+@contextlib.contextmanager
+def quiet_bomb_warning() -> Iterator[None]:
+    """Silence Pillow's DecompressionBombWarning (images between its limit and twice it) while opening.
+
+    Our own pixel check refuses such images with one error naming the file; Pillow's warning
+    before it would only repeat that, as a second message nobody can act on.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def decode_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS, fix_hint: str = "") -> Any:
     """Open and fully decode an image as an RGB PIL image.
 
@@ -54,7 +78,7 @@ def decode_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS, fix_hi
         raise ImportError("reading image folders needs Pillow; install it with `pip install backbones[data]`") from None
     suffix = f"; {fix_hint}" if fix_hint else ""
     try:
-        with Image.open(path) as image:
+        with quiet_bomb_warning(), Image.open(path) as image:
             if image.width * image.height > max_pixels:
                 raise BadImageError(
                     f"image {path} has {image.width}x{image.height} pixels, more than the limit of {max_pixels:,} "

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from backbones.core.inputs import check_normalization
+
 __all__ = ["resolve_pretrained_cfg", "transforms_for"]
 
 
@@ -39,11 +41,16 @@ def transforms_for(model_or_name: nn.Module | str | dict[str, Any], *, training:
         training: Fine-tuning augmentation instead: a random resized crop to the crop size and a
             random horizontal flip, then the same float conversion and normalisation.
 
+    Raises:
+        ValueError: The cfg's ``mean`` or ``std`` is not one number per channel (the field is named).
+        ImportError: torchvision is not installed.
+
     Example:
         >>> transform = transforms_for("resnet50.tv2_in1k")
         >>> batch = transform(pil_image).unsqueeze(0)
     """
     cfg = resolve_pretrained_cfg(model_or_name)
+    check_normalization(cfg)
     try:
         import torch
         from torchvision.transforms import InterpolationMode, v2

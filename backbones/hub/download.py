@@ -5,14 +5,16 @@ Hub files come through ``huggingface_hub`` (its cache, resumable downloads, ``HF
 like ``torch.hub.load_state_dict_from_url``. Every file whose sha256 is known is hashed and
 verified at every load (:mod:`backbones.hub.integrity`): against the manifest (a full digest or
 torchvision's file-name prefix), or, for Hub files, the Hub's own LFS digest (the name of the
-blob in the cache, or the ETag the Hub sends for a cache made without links). A file that fails
-is removed, so nothing corrupt stays in a cache.
+blob in the cache, or, for a cache made without links, the ETag the Hub sent when the file was
+first verified, kept beside it as ``<file>.sha256``). A file that fails is removed, so nothing
+corrupt stays in a cache. A completed download removes what killed attempts at the same file left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,13 +22,17 @@ from urllib.parse import urlparse
 from backbones.hub.integrity import (
     WeightsError,
     WeightsIntegrityError,
+    digest_path,
     file_sha256,
     git_blob_sha1,
     is_git_sha1,
     is_sha256,
+    read_digest_beside,
+    remove_killed_attempts,
     remove_stale_partials,
     verify_git_blob_sha1,
     verify_sha256,
+    write_digest_beside,
 )
 
 __all__ = [
@@ -154,6 +160,7 @@ def fetch_hub_file(
     hub_cache = Path(cache_dir or constants.HF_HUB_CACHE)
     storage = hub_cache / repo_folder_name(repo_id=repo_id, repo_type="model")
     remove_stale_partials(storage / "blobs")
+    started = time.time()
     cache_only = local_files_only or is_offline()
     if not cache_only and not host_reachable(constants.ENDPOINT, HUB_CONNECT_TIMEOUT_S):
         host = urlparse(constants.ENDPOINT).netloc
@@ -163,6 +170,11 @@ def fetch_hub_file(
                 f"{prefetch}; {go_offline_hint()}"
             )
         cache_only = True  # the cached copy serves; no retries against a network that is not there
+    # Only a call that downloads holds huggingface_hub's lock for the file while it writes, so only
+    # then can nobody else be writing an attempt at it.
+    downloads = not cache_only and (
+        force_download or not hub_file_cached(repo_id, filename, revision, cache_dir=cache_dir)
+    )
     try:
         path = Path(
             hf_hub_download(
@@ -194,7 +206,9 @@ def fetch_hub_file(
         raise WeightsUnavailableError(
             f"{what}: downloading {source} failed ({err}); {prefetch}; {go_offline_hint()}"
         ) from None
-    _verify_hub_file(path, storage, repo_id, filename, revision, what, token, cache_only, sha256)
+    etag = _verify_hub_file(path, storage, repo_id, filename, revision, what, token, cache_only, sha256)
+    if downloads and etag:
+        remove_killed_attempts(storage / "blobs", etag, started)
     return path
 
 
@@ -208,33 +222,44 @@ def _verify_hub_file(
     token: str | bool | None,
     cache_only: bool,
     sha256: str | None,
-) -> None:
-    """Check a Hub file against the Hub's own digest.
+) -> str | None:
+    """Check a Hub file against the Hub's own digest; return the Hub's name for its content (its ETag).
 
     A cached file is a link to a blob named by that digest: the sha256 of an LFS file, the git
     blob sha1 of a regular one (config.json). A cache made without links (HF_HUB_DISABLE_SYMLINKS,
     or copied with ``cp -rL``) holds plain copies: one is trusted when its content names a blob of
-    the same cache, or, online, matches the ETag the Hub sends for it.
+    the same cache, when it matches the record kept beside it, or, online, when it matches the ETag
+    the Hub sends for it; that ETag is then recorded beside the file (``<file>.sha256``), so later
+    loads, offline ones included, verify against it. The record lies in the snapshot of one commit,
+    whose content never changes, so it cannot go out of date.
     """
-    if sha256:
-        verify_sha256(path, sha256, what=what, remove=[path])
-        return
     blob = Path(os.path.realpath(path))
+    if sha256:
+        digest = verify_sha256(path, sha256, what=what, remove=[path])
+        return blob.name if is_sha256(blob.name) or is_git_sha1(blob.name) else digest
     if is_sha256(blob.name):
         verify_sha256(path, blob.name, what=what, remove=[path])
-        return
+        return blob.name
     if is_git_sha1(blob.name):
         verify_git_blob_sha1(path, blob.name, what=what, remove=[path])
-        return
-    digests = {file_sha256(blob), git_blob_sha1(blob)}
-    if any((storage / "blobs" / digest).is_file() for digest in digests):
-        return  # the content is exactly what the Hub named by that digest
+        return blob.name
+    record = read_digest_beside(path)
+    if record is not None:
+        verify_sha256(path, record["sha256"], what=what, remove=[path, digest_path(path)])
+        return record.get("hub_etag") or record["sha256"]
+    content_sha256 = file_sha256(blob)
+    digests = {content_sha256, git_blob_sha1(blob)}
+    for digest in digests:
+        if (storage / "blobs" / digest).is_file():
+            return digest  # the content is exactly what the Hub named by that digest
     hub_digest = None if cache_only else _hub_etag(repo_id, filename, revision, token)
     if hub_digest is None:
         raise WeightsIntegrityError(
             f"{what}: {path} is a plain copy (not a link to a blob named by its digest, as a cache made with "
-            f"HF_HUB_DISABLE_SYMLINKS=1 or copied with `cp -rL` holds), so it cannot be verified offline. Copy "
-            f"the Hugging Face cache with its links kept (`cp -a`), or load it once with the Hub reachable"
+            f"HF_HUB_DISABLE_SYMLINKS=1 or copied with `cp -rL` holds) with no digest recorded beside it, so it "
+            f"cannot be verified offline. Load it once with the Hub reachable (the Hub's digest is then kept beside "
+            f"it as {digest_path(path).name}, for every later load), or copy the Hugging Face cache with its links "
+            f"kept (`cp -a`)"
         )
     if hub_digest not in digests:
         _remove_quietly(path)
@@ -242,6 +267,9 @@ def _verify_hub_file(
             f"{what}: {path} does not match the Hub's digest {hub_digest}; the file is truncated, corrupt or not the "
             f"published one. It has been removed from the cache: run again to download it afresh."
         )
+    with contextlib.suppress(OSError):  # a read-only cache still loads; it is verified online each time
+        write_digest_beside(path, content_sha256, hub_etag=hub_digest)
+    return hub_digest
 
 
 def _remove_quietly(path: Path) -> None:
@@ -317,8 +345,10 @@ def fetch_url_file(url: str, *, sha256: str | None, what: str, progress: bool = 
                 f"the file from {url} there"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.time()
         try:
-            # Downloads to a temporary file and renames it: an interrupted download leaves nothing.
+            # Downloads to a temporary <file>.<32 hex>.partial and renames it; only a killed process
+            # leaves that behind, which the completed download below makes obsolete.
             torch.hub.download_url_to_file(url, str(path), progress=progress)
         except Exception as err:  # urllib raises many kinds; all mean the same to the user
             with contextlib.suppress(FileNotFoundError):
@@ -327,6 +357,7 @@ def fetch_url_file(url: str, *, sha256: str | None, what: str, progress: bool = 
                 f"{what}: downloading {url} failed ({err}); put the file there by hand, or {go_offline_hint()} "
                 f"when the file is cached"
             ) from None
+        remove_killed_attempts(path.parent, path.name, started)
     if sha256:
         verify_sha256(path, sha256, what=what)
     return path

@@ -23,6 +23,7 @@ from backbones.core.files import atomic_write_text, is_temporary
 
 __all__ = [
     "DIGEST_SUFFIX",
+    "KILLED_ATTEMPT_GRACE_S",
     "STALE_PARTIAL_AGE_S",
     "WeightsError",
     "WeightsIntegrityError",
@@ -31,6 +32,7 @@ __all__ = [
     "is_git_sha1",
     "is_sha256",
     "read_digest_beside",
+    "remove_killed_attempts",
     "remove_stale_partials",
     "verify_git_blob_sha1",
     "verify_sha256",
@@ -41,6 +43,9 @@ DIGEST_SUFFIX = ".sha256"
 # A partial download untouched this long belongs to a killed process: a live one writes every second.
 STALE_PARTIAL_AGE_S = 24 * 3600
 _PARTIAL_SUFFIXES = (".incomplete", ".partial")
+# An attempt that stopped writing this long before a later download of the same file began was
+# killed: a live download in another process writes every second, even over a slow network.
+KILLED_ATTEMPT_GRACE_S = 60.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _CHUNK = 1 << 20
@@ -185,6 +190,38 @@ def remove_stale_partials(folder: Path, older_than_s: float = STALE_PARTIAL_AGE_
             continue
         with contextlib.suppress(OSError):
             if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def remove_killed_attempts(folder: Path, name: str, started: float) -> list[Path]:
+    """Delete the partial downloads of the file ``name`` left in ``folder`` by earlier, killed attempts.
+
+    Called once a download of ``name`` has completed, which makes them obsolete: huggingface_hub
+    names each attempt ``<etag>.<8 hex>.incomplete`` (older versions ``<etag>.incomplete``),
+    torch.hub ``<file>.<32 hex>.partial``. Only those exact names are touched, so no other file's
+    download is; and only those untouched since :data:`KILLED_ATTEMPT_GRACE_S` before ``started``
+    (when this download began), so a download of the same file still running elsewhere is kept.
+
+    Args:
+        folder: Where the partial files lie (``blobs`` of a Hub repo, torch.hub's ``checkpoints``).
+        name: The finished file's name (the blob's etag, or the checkpoint's file name).
+        started: ``time.time()`` when the download that completed began.
+
+    Returns:
+        The removed files.
+    """
+    if not folder.is_dir():
+        return []
+    attempt = re.compile(re.escape(name) + r"(\.[0-9a-f]{8}|\.[0-9a-f]{32})?(\.incomplete|\.partial)")
+    cutoff = started - KILLED_ATTEMPT_GRACE_S
+    removed = []
+    for entry in folder.iterdir():
+        if not attempt.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file() and not entry.is_symlink() and entry.stat().st_mtime < cutoff:
                 entry.unlink()
                 removed.append(entry)
     return removed

@@ -122,11 +122,18 @@ def get_weight_spec(arch: str, tag: str | None = None) -> WeightSpec:
     """Return the spec of ``arch.tag``; without a tag, the architecture's default weights.
 
     Raises:
-        UnknownModelError: No weights are published under that name; the message lists the tags.
+        UnknownModelError: ``arch`` is not a registered architecture (the message names the closest),
+            or no weights are published under that name (the message lists the tags).
     """
+    from backbones.core.registry import get_model_entry, model_entries
+
     entry = _manifest()["models"].get(arch, {"default": None, "weights": {}})
     tags = [*entry["weights"], *(n.partition(".")[2] for n in _REGISTERED if n.partition(".")[0] == arch)]
     if not tags:
+        # A name that is no architecture at all is a typo to correct, not a model to build without
+        # weights. With nothing registered yet (the models layer not imported) it cannot be judged.
+        if model_entries():
+            get_model_entry(arch)
         raise UnknownModelError(
             f"no pretrained weights are published for {arch!r}; build it with pretrained=False, or "
             f"load your own file with pretrained='path/to/weights.safetensors'. Architectures with "

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from backbones.core.features import FeatureInfo, FeatureInfoList
 from backbones.core.inputs import IMAGENET_DEFAULT_CFG, check_image_batch
+from backbones.core.options import check_model_options
 from backbones.models.extractor import FeatureExtractor
 from backbones.models.pretrained import HubMixin
 
@@ -71,9 +72,49 @@ class Backbone(nn.Module, HubMixin):
         return FeatureExtractor(self, out_indices)
 
     def check_input(self, x: Tensor) -> Tensor:
-        """Validate an input batch (see :func:`check_image_batch`) and return it unchanged."""
+        """Validate an input batch (see :func:`check_image_batch`) and return it unchanged.
+
+        In training mode a batch of one image is also checked against every BatchNorm, which needs
+        more than one value per channel (see :meth:`_check_trainable_batch`).
+        """
         weight: Tensor | None = None if torch.jit.is_scripting() else self._dtype_reference()
-        return check_image_batch(x, self.in_chans, self.min_input_size, weight)
+        x = check_image_batch(x, self.in_chans, self.min_input_size, weight)
+        if not torch.jit.is_scripting():
+            self._check_trainable_batch(x)
+        return x
+
+    @torch.jit.unused
+    def _check_trainable_batch(self, x: Tensor) -> None:
+        """Refuse, up front, one training image that some BatchNorm would see as a single value per channel.
+
+        Where that happens depends on every padding and pooling of the family (a ResNet at 32x32,
+        a GoogLeNet up to 63x63), so instead of a formula per family the model itself runs once on
+        the meta device: shapes only, no arithmetic, no weight touched; torch's own BatchNorm check
+        then says whether the real batch would fail. Only a training batch of one pays for it.
+
+        Raises:
+            ValueError: The input size, the shape the BatchNorm would see, and the fixes.
+        """
+        if not self.training or isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling():
+            return
+        if x.shape[0] != 1 or x.device.type == "meta":  # a meta input is the probe itself (or a skeleton)
+            return
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not any(m.training for m in norms) or any(isinstance(m, nn.SyncBatchNorm) for m in norms):
+            return  # no batch statistics to compute; SyncBatchNorm would communicate, even on meta
+        on_meta = {k: torch.empty_like(v, device="meta") for k, v in [*self.named_parameters(), *self.named_buffers()]}
+        probe = torch.empty(x.shape, dtype=x.dtype, device="meta")
+        try:
+            torch.func.functional_call(self, on_meta, (probe,), strict=False)
+        except ValueError as err:
+            if "Expected more than 1 value per channel" not in str(err):
+                return  # something else: the real forward reports it
+            seen = str(err).rpartition("input size ")[2].replace("torch.Size(", "").rstrip(")")
+            raise ValueError(
+                f"training on a batch of 1 image of {x.shape[2]}x{x.shape[3]} cannot work: a BatchNorm layer would "
+                f"see {seen}, one value per channel, and needs more to compute batch statistics; train with "
+                f"batches of 2 or more, use larger images, or call model.eval() for inference"
+            ) from None
 
     @torch.jit.unused
     def _dtype_reference(self) -> Tensor | None:
@@ -122,7 +163,11 @@ class Backbone(nn.Module, HubMixin):
             >>> model.reset_classifier(10)
             >>> model(torch.randn(2, 3, 64, 64)).shape
             torch.Size([2, 10])
+
+        Raises:
+            ValueError: ``num_classes`` is not an int from 0 to 100,000 (the model is left unchanged).
         """
+        check_model_options({"num_classes": num_classes})
         self.num_classes = num_classes
         head = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
         self.set_submodule(self.classifier_name, head)

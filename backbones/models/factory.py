@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from backbones.core.options import check_model_options, check_out_indices
+from backbones.core.options import check_flags, check_model_options, check_out_indices
 from backbones.core.registry import ModelEntry, add_entry, get_model_entry, model_entries, split_model_name
 from backbones.hub.loading import load_pretrained
 from backbones.hub.manifest import head_consistent_cfg, pretrained_cfg_for, weight_names
@@ -94,10 +94,14 @@ def list_models(
         kind: Keep only ``"classifier"`` or ``"fpn"`` models.
         pretrained: List ``arch.tag`` names of available weights instead of architectures.
 
+    Raises:
+        TypeError: ``pattern`` is not a string (or ``None``).
+
     Example:
         >>> list_models("resnet*", kind="classifier")
         ['resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50']
     """
+    _check_pattern(pattern)
     entries = [
         e for e in model_entries() if (family is None or e.family == family) and (kind is None or e.kind == kind)
     ]
@@ -114,14 +118,27 @@ def list_models(
 def list_pretrained(pattern: str | None = None) -> list[str]:
     """List the ``arch.tag`` names that have weights in the manifest.
 
+    Raises:
+        TypeError: ``pattern`` is not a string (or ``None``).
+
     Example:
         >>> "resnet50.tv2_in1k" in list_pretrained("resnet50.*")
         True
     """
+    _check_pattern(pattern)
     names = weight_names()
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return sorted(names)
+
+
+def _check_pattern(pattern: Any) -> None:
+    # fnmatch would fail on a number with a message about os.PathLike, which says nothing here.
+    if pattern is not None and not isinstance(pattern, str):
+        raise TypeError(
+            f"pattern must be a shell-style wildcard string such as 'resnet*' (or None for all), got {pattern!r} "
+            f"({type(pattern).__name__})"
+        )
 
 
 def create_model(
@@ -201,12 +218,21 @@ def build_model(
         The model, in training mode.
 
     Raises:
-        ValueError: A bad option, or ``features_only`` on an FPN.
+        ValueError: A bad option, ``features_only`` or ``num_classes`` on an FPN, or a flag that is not
+            a bool (``features_only="no"``).
         WeightsError: The weights cannot be obtained, are corrupt, or do not fit.
     """
     entry = get_model_entry(weights.arch)
     arch = weights.arch
+    check_flags({"features_only": features_only, "progress": progress, "reinit_head": reinit_head})
     check_model_options(kwargs)
+    if entry.kind == "fpn" and "num_classes" in kwargs:
+        # The body is built without its classifier; a class count would be dropped without a word.
+        raise ValueError(
+            f"{arch!r} is a feature pyramid and has no classifier, so num_classes={kwargs['num_classes']!r} does not "
+            f"apply; the detection head built on it takes the classes (or use the classifier "
+            f"{arch.removesuffix('_fpn')!r})"
+        )
     out_indices = check_out_indices(out_indices)
     if features_only and entry.kind != "classifier":
         raise ValueError(

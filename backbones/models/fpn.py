@@ -21,7 +21,8 @@ from torch import Tensor
 
 from backbones.core.features import FeatureInfo, FeatureInfoList, freeze_stages, ordered_features
 from backbones.core.layers import NormLayer, freeze_batch_norm
-from backbones.core.registry import get_model_entry
+from backbones.core.registry import get_model_entry, split_model_name
+from backbones.hub.weight_source import resolve_weight_source
 from backbones.models.extractor import FeatureExtractor
 from backbones.models.factory import create_model, register_model
 from backbones.models.pretrained import HubMixin
@@ -264,7 +265,8 @@ def fpn_backbone(
     """
     if get_model_entry(arch).kind != "classifier":
         raise ValueError(f"an FPN needs a classification backbone, got {arch!r}")
-    trained = backbone_pretrained is not False and backbone_pretrained is not None
+    arch_name, tag = split_model_name(arch)
+    trained = resolve_weight_source(arch_name, tag, backbone_pretrained).loads_weights
     if norm_layer is None and trained:
         norm_layer = PRETRAINED_BODY_OPTIONS["norm_layer"]
     if norm_layer is None:  # the body's own norm (VGG without _bn has none)

@@ -90,13 +90,19 @@ def load_config(repo_id_or_dir: str | Path, *, revision: str | None = None, **hu
         **hub_options: ``token``, ``cache_dir``, ``local_files_only``, ``force_download``.
 
     Raises:
-        ValueError: The file is not JSON, not an object, or holds something a config may not.
+        ValueError: The file is not JSON, is nested deeper than the JSON parser goes, is not an
+            object, or holds something a config may not.
     """
     path = _resolve(repo_id_or_dir, CONFIG_NAME, revision, progress=False, **hub_options)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
+    except RecursionError:  # lists in lists, thousands deep: what no saved config holds
+        raise ValueError(
+            f"{path} is not a valid config: its JSON is nested too deeply to read (a config is an object of a few "
+            f"levels, as save_pretrained writes it)"
+        ) from None
     check_config(config, str(path))
     return config
 
@@ -107,6 +113,7 @@ def check_config(config: Any, where: str) -> None:
     Raises:
         ValueError: The message names the file, the field and what is allowed.
     """
+    from backbones.core.inputs import check_normalization
     from backbones.core.options import check_model_options, check_out_indices
     from backbones.core.registry import get_model_entry
     from backbones.hub.integrity import is_sha256
@@ -118,9 +125,9 @@ def check_config(config: Any, where: str) -> None:
     if not isinstance(config["architecture"], str) or "." in config["architecture"]:
         raise ValueError(f"{where}: 'architecture' must be a registered name such as 'resnet50'")
     get_model_entry(config["architecture"])
-    kwargs = config.get("model_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"{where}: 'model_kwargs' must be an object of model options")
+    kwargs = config.get("model_kwargs", {})
+    if not isinstance(kwargs, dict):  # null too: save_pretrained always writes an object
+        raise ValueError(f"{where}: 'model_kwargs' must be an object of model options, got {json.dumps(kwargs)[:80]}")
     check_model_options(kwargs, source=where)
     if not isinstance(config.get("features_only", False), bool):
         raise ValueError(f"{where}: 'features_only' must be true or false")
@@ -137,6 +144,7 @@ def check_config(config: Any, where: str) -> None:
     names = (cfg or {}).get("class_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise ValueError(f"{where}: 'pretrained_cfg.class_names' must be a list of strings or null")
+    check_normalization(cfg or {}, f"{where}: ")
 
 
 def _resolve(
@@ -299,11 +307,18 @@ class HubMixin:
             The folder.
 
         Raises:
+            TypeError: ``save_directory`` is not a path (``None``, a number).
             ValueError: An empty folder name, or a model not built by ``create_model``.
+            NotADirectoryError: The folder, or one above it, is a file.
+            PermissionError: The folder (or the one it would be made in) is read-only.
         """
+        import os
+
         from backbones.core.files import atomic_directory, save_safetensors_atomic
         from backbones.hub.integrity import file_sha256
 
+        if not isinstance(save_directory, (str, os.PathLike)):
+            raise TypeError(f"save_pretrained needs a folder (a str or os.PathLike), got {save_directory!r}")
         if not str(save_directory).strip():
             raise ValueError("save_pretrained needs a folder name; '' would write into the current folder")
         folder = Path(save_directory).expanduser()

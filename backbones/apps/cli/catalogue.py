@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from backbones.apps.cli.models import add_model_argument, resolve_cli_model
-from backbones.apps.cli.options import natural_key, parse_shape
+from backbones.apps.cli.options import natural_key, non_negative_int, parse_shape
 
 __all__ = ["add_commands"]
 
@@ -29,7 +29,9 @@ def add_commands(command: Any) -> None:
     cmd = command("summary", "the layer table: output shapes, parameters, MACs, stride, receptive field", _cmd_summary)
     add_model_argument(cmd)
     cmd.add_argument("--input", type=parse_shape, help="input shape N,C,H,W (default: 1 and the model's input size)")
-    cmd.add_argument("--depth", type=int, default=1, help="how deep to list nested layers (0: top level only)")
+    cmd.add_argument(
+        "--depth", type=non_negative_int, default=1, help="how deep to list nested layers (0: top level only)"
+    )
     cmd.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 

@@ -98,11 +98,11 @@ def check_images(paths: list[Path]) -> None:
     """
     from PIL import Image
 
-    from backbones.data.images import MAX_IMAGE_PIXELS
+    from backbones.data.images import MAX_IMAGE_PIXELS, quiet_bomb_warning
 
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with quiet_bomb_warning(), Image.open(path) as image:  # the check below says it in one line
                 width, height = image.size
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             raise ValueError(f"cannot read image {path}: {err}") from None

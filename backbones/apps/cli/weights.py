@@ -55,6 +55,7 @@ def _download_repo(repo_id: str, revision: str | None, progress: bool) -> str:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    import backbones.models  # noqa: F401  (registers every architecture, so an unknown name is named as such)
     from backbones.core.registry import split_model_name
     from backbones.hub.loading import load_spec_state_dict
     from backbones.hub.manifest import get_weight_spec
@@ -72,15 +73,17 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from backbones.core.files import save_safetensors_atomic
+    from backbones.core.files import check_writable_folder, save_safetensors_atomic
     from backbones.hub.convert import convert_state_dict, detect_layout
     from backbones.hub.loading import load_fitting_state_dict, read_state_dict
     from backbones.models.factory import create_model
 
     source = Path(args.input)
     out = Path(args.out)
-    if out.suffix != ".safetensors" and out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a .safetensors file name or a folder for save_pretrained")
+    if out.suffix != ".safetensors":
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; give a .safetensors file name or a folder for save_pretrained")
+        check_writable_folder(out)  # before the checkpoint is read and converted, as save_pretrained would refuse
     state = read_state_dict(source, str(source))
     layout = detect_layout(state) if args.layout == "auto" else args.layout
     native = convert_state_dict(state, args.arch, source=layout)

@@ -7,7 +7,12 @@ An output folder holds:
   unreadable). One tensor per stored layer, ``[rows, ...]``, plus ``_sample`` (each row's position
   in the file list) and ``_label``. Each is written to a hidden temporary name and renamed when
   complete, so a file with a shard's name is a complete shard.
-* ``index.csv``: ``path,label,shard,row`` for every stored image (path relative to DATA).
+* ``index.csv``: ``path,label,shard,row`` for every stored image (path relative to DATA), UTF-8.
+  A file or folder name that is not valid UTF-8 (on Linux, Python holds it as a str with
+  surrogate escapes, ``b"caf\\xe9"`` -> ``"caf\\udce9"``) is written as its original bytes
+  (``errors="surrogateescape"``), so the index stays complete and :func:`load_features` reads
+  back the very path string that opens the file. Read it elsewhere with the same error handler
+  (``manifest.json`` holds such names as JSON escapes, ``"caf\\udce9"``, which ``json.loads`` reads back).
 * ``manifest.json``: the model, weights, preprocessing, layers with their shapes and dtype, the
   data, shard size and count, skipped images and ``"complete"``. Written first with
   ``"complete": false`` (what a resumed run compares itself with), and again at the end.
@@ -30,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from backbones.core.files import atomic_write_text, is_temporary, save_safetensors_atomic
+from backbones.core.files import atomic_path, atomic_write_text, is_temporary, save_safetensors_atomic
 
 __all__ = [
     "FORMAT",
@@ -57,6 +62,8 @@ INDEX_NAME = "index.csv"
 SAMPLE_KEY = "_sample"
 LABEL_KEY = "_label"
 _SHARD_PREFIX, _SHARD_SUFFIX = "shard-", ".safetensors"
+# Names that are not UTF-8 arrive as surrogate escapes; this handler writes and reads back their bytes.
+_INDEX_ERRORS = "surrogateescape"
 # What the refusal message names when an output folder holds other features.
 _COMPARED = {
     "model": "model",
@@ -172,6 +179,11 @@ def _describe(plan: dict[str, Any]) -> str:
     return f"{plan['model']} (weights {plan['weights']}), layers {','.join(plan['layers'])}, {plan['dtype']}"
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from the manifest (tuples become lists), so equal settings compare equal."""
+    return json.loads(json.dumps(value))
+
+
 def check_output_folder(out: Path, plan: dict[str, Any], *, overwrite: bool) -> bool:
     """Decide, without writing, what to do with ``out``: True to start afresh, False to resume in it.
 
@@ -194,7 +206,8 @@ def check_output_folder(out: Path, plan: dict[str, Any], *, overwrite: bool) -> 
         return True
     if existing.get("fingerprint") == plan["fingerprint"]:
         return False
-    differing = [label for key, label in _COMPARED.items() if existing.get(key) != plan.get(key)] or ["settings"]
+    differing = [label for key, label in _COMPARED.items() if existing.get(key) != _as_json(plan.get(key))]
+    differing = differing or ["settings"]
     raise FileExistsError(
         f"{out} holds other features ({_describe(existing)}; this run: {_describe(plan)}; differing: "
         f"{', '.join(differing)}); pass overwrite=True to replace them, or choose another output folder"
@@ -294,7 +307,8 @@ def write_index_and_manifest(out: Path, plan: dict[str, Any], sample_paths: Sequ
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(IndexRow._fields)
     writer.writerows(rows)
-    atomic_write_text(out / INDEX_NAME, text.getvalue())
+    with atomic_path(out / INDEX_NAME) as tmp:
+        tmp.write_bytes(text.getvalue().encode("utf-8", errors=_INDEX_ERRORS))
     manifest = {**plan, "images": len(rows), "skipped_images": skipped, "complete": True}
     atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -313,7 +327,7 @@ def read_manifest(out: str | Path) -> dict[str, Any]:
 
 
 def _read_index(path: Path) -> list[IndexRow]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8", errors=_INDEX_ERRORS) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != list(IndexRow._fields):
@@ -330,6 +344,8 @@ def load_features(out: str | Path, layers: Iterable[str] | None = None) -> Extra
 
     Returns:
         An :class:`ExtractedFeatures` (``features``, ``index``, ``labels``, ``paths``, ``manifest``).
+        A path whose name is not UTF-8 comes back as the str the folder scan gave (surrogate
+        escapes, see the module docstring): ``Path(data) / path`` opens the same file.
 
     Raises:
         FileNotFoundError: No manifest in ``out``.

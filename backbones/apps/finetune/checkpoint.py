@@ -6,7 +6,8 @@ rename: the weights (``epoch-NNNN.safetensors``) first, then the training state
 far and the sha256 of the weights file written with it). The state file is the commit record: a
 checkpoint exists only once it is there, and it is trusted only if the weights still hash to the
 recorded digest. Everything in it loads with ``torch.load(weights_only=True)``. Older epochs are
-removed once a newer one is complete.
+removed once a newer one is complete, and a run that completes keeps only its last checkpoint
+(:func:`remove_obsolete_checkpoints`): no older epoch that a kill spared, no temporary of one.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ __all__ = [
     "ResumeState",
     "latest_checkpoint",
     "load_checkpoint",
+    "remove_obsolete_checkpoints",
     "save_checkpoint",
 ]
 
 CHECKPOINT_DIR = "checkpoints"
 _STATE = re.compile(r"^epoch-(\d{4,})\.state\.pt$")
+# A checkpoint file, and the temporary atomic_path writes it under (".epoch-0002.state.pt.ab12cd34.tmp").
+_CHECKPOINT_FILE = re.compile(r"^epoch-(\d{4,})\.(?:safetensors|state\.pt)$")
+_CHECKPOINT_TEMPORARY = re.compile(r"^\.epoch-\d{4,}\.(?:safetensors|state\.pt)\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -129,6 +134,34 @@ def save_checkpoint(
         match = re.match(r"^epoch-(\d+)\.", older.name)
         if match and int(match.group(1)) < epoch:
             older.unlink(missing_ok=True)
+
+
+def remove_obsolete_checkpoints(folder: Path, epoch: int, written_before: float) -> list[Path]:
+    """Keep only the checkpoint of ``epoch`` in ``folder``'s checkpoints, once the run has completed it.
+
+    Removed: every other epoch's files (an older epoch that a kill between the commit of a newer
+    one and the clean-up spared, a weights file whose state was never written), and the
+    temporaries of checkpoint files last modified before ``written_before``, which killed
+    attempts left (a newer one may belong to a process writing now, so it stays).
+
+    Args:
+        folder: The run's output folder.
+        epoch: The epoch of the complete checkpoint to keep.
+        written_before: A ``time.time()`` taken when this run started.
+
+    Returns:
+        The removed files.
+    """
+    removed = []
+    for path in sorted((folder / CHECKPOINT_DIR).glob("*")):
+        match = _CHECKPOINT_FILE.match(path.name)
+        obsolete = (match is not None and int(match.group(1)) != epoch) or (
+            _CHECKPOINT_TEMPORARY.match(path.name) is not None and path.stat().st_mtime < written_before
+        )
+        if obsolete and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def latest_checkpoint(folder: Path) -> int | None:

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
-from backbones.core.files import atomic_path, atomic_write_text
+from backbones.core.files import TEMP_SUFFIX, atomic_path, atomic_write_text, is_temporary
 
-__all__ = ["CURVES_NAME", "METRICS_NAME", "save_model", "write_curves", "write_metrics"]
+__all__ = [
+    "CURVES_NAME",
+    "METRICS_NAME",
+    "remove_leftover_temporaries",
+    "save_model",
+    "temporary_name_pattern",
+    "write_curves",
+    "write_metrics",
+]
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
@@ -69,3 +79,60 @@ def save_model(model: nn.Module, folder: Path, training: dict[str, Any], final: 
         },
     )
     return model.save_pretrained(folder)
+
+
+def temporary_name_pattern(target: str) -> re.Pattern[str]:
+    """The names :mod:`backbones.core.files` gives the temporaries of ``target`` (a file or folder name).
+
+    ``.NAME.XXXXXXXX.tmp`` (tempfile's eight random characters), and ``.NAME.old.XXXXXXXX.tmp`` where
+    an old folder was moved aside: exactly these, so ``.NAME.v2.XXXXXXXX.tmp``, a temporary of another
+    target ``NAME.v2``, never matches.
+    """
+    return re.compile(rf"^\.{re.escape(target)}\.(?:old\.)?[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}$")
+
+
+def remove_leftover_temporaries(folder: Path, written_before: float) -> list[Path]:
+    """Delete what killed writers of this run's folder left: temporaries inside it and beside it.
+
+    Inside ``folder`` every target is the run's own (metrics, curves, the model files); beside it,
+    only the temporaries of ``folder`` itself (the ``save_pretrained`` folder being built), never
+    those of other targets of the parent folder. Only entries last modified before
+    ``written_before`` (when this run started) go: an earlier attempt's, never one that a process
+    running now is writing.
+
+    Args:
+        folder: The run's output folder.
+        written_before: A ``time.time()`` taken when this run started.
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    beside = temporary_name_pattern(folder.name)
+    candidates = [p for p in folder.iterdir() if is_temporary(p)] if folder.is_dir() else []
+    candidates += [p for p in folder.parent.iterdir() if beside.match(p.name) and _is_ours_beside(p, folder.name)]
+    return [p for p in candidates if _remove_if_older(p, written_before)]
+
+
+def _is_ours_beside(path: Path, name: str) -> bool:
+    # ".NAME.old.XXXXXXXX.tmp" is also the name a temporary of a target "NAME.old" would get; the
+    # folder atomic_directory moves aside holds only the old NAME (or nothing, once partly removed).
+    if not path.name.startswith(f".{name}.old."):
+        return True
+    try:
+        return path.is_dir() and not path.is_symlink() and {e.name for e in path.iterdir()} <= {name}
+    except OSError:
+        return False
+
+
+def _remove_if_older(path: Path, written_before: float) -> bool:
+    try:
+        if path.lstat().st_mtime >= written_before:
+            return False
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:  # gone already: another process's cleanup got there first
+        return False
+    return True

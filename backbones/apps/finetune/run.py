@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from backbones.apps.finetune.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from backbones.apps.finetune.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_obsolete_checkpoints,
+    save_checkpoint,
+)
 from backbones.apps.finetune.config import RESUME_FIELDS, FinetuneConfig
 from backbones.apps.finetune.loop import evaluate, train_one_epoch
 from backbones.apps.finetune.model_setup import (
@@ -23,7 +29,7 @@ from backbones.apps.finetune.model_setup import (
     set_train_mode,
 )
 from backbones.apps.finetune.optim import build_optimizer, build_schedule
-from backbones.apps.finetune.output import save_model, write_curves, write_metrics
+from backbones.apps.finetune.output import remove_leftover_temporaries, save_model, write_curves, write_metrics
 from backbones.apps.parallel import DistributedContext, barrier, broadcast_buffers, distributed_session
 from backbones.data.datasets import open_dataset
 from backbones.data.loaders import make_loader, set_loader_epoch
@@ -136,6 +142,7 @@ class _PreparedRun:
         records: One ``metrics.jsonl`` record per epoch done.
         start: Epochs done (from the checkpoint when resuming).
         skipped: The unreadable images left out of both splits.
+        started: ``time.time()`` when this run began: what killed attempts left is older.
     """
 
     folder: Path
@@ -151,6 +158,7 @@ class _PreparedRun:
     records: list[dict[str, Any]]
     start: int
     skipped: list[str]
+    started: float
 
 
 def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
@@ -162,6 +170,7 @@ def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
 
 def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRun:
     """Open the data, build the model and its optimizer, and restore a checkpoint when resuming."""
+    started = time.time()
     folder = Path(config.out).expanduser()
     if not config.resume and latest_checkpoint(folder) is not None:
         raise ValueError(
@@ -232,6 +241,7 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
         records,
         start,
         skipped,
+        started,
     )
 
 
@@ -301,6 +311,9 @@ def _finish(config: FinetuneConfig, context: DistributedContext, prepared: _Prep
     if context.is_main:
         card = _training_card(config, prepared.train_set, prepared.val_set, context, records)
         save_model(prepared.model, folder, card, final)
+        # The run is complete: what earlier, killed attempts left is obsolete now.
+        remove_obsolete_checkpoints(folder, records[-1]["epoch"], prepared.started)
+        remove_leftover_temporaries(folder, prepared.started)
         _say(context, config, f"saved {folder} (validation top-1 {100 * final['val_top1']:.2f}%)")
     barrier(context)  # no process leaves (and a caller reads the folder) before rank 0 has written it
     return FinetuneResult(folder, records, final["val_top1"], final["val_top5"], prepared.skipped, context.world_size)
