@@ -11,7 +11,7 @@ from backbones.core.features import freeze_stages
 from backbones.models.backbone import Backbone
 from backbones.models.reference import ModelSource, resolve_model
 
-__all__ = ["build_model", "freeze_parts", "preprocessing_model", "resolve_training_model", "set_train_mode"]
+__all__ = ["build_training_model", "freeze_parts", "resolve_training_model", "set_train_mode"]
 
 
 def resolve_training_model(model: str, pretrained: str | None) -> ModelSource:
@@ -31,22 +31,12 @@ def resolve_training_model(model: str, pretrained: str | None) -> ModelSource:
     return source
 
 
-def build_model(
-    model: str,
-    num_classes: int,
-    *,
-    pretrained: str | None,
-    image_size: int | None,
-    progress: bool,
-) -> nn.Module:
-    """Build (or load) ``model`` with a classifier of ``num_classes`` outputs.
+def build_training_model(source: ModelSource, num_classes: int, *, image_size: int | None, progress: bool) -> nn.Module:
+    """Build (or load) the model ``source`` names with a classifier of ``num_classes`` outputs.
 
     Args:
-        model: A model reference (an ``arch[.tag]`` name, a ``save_pretrained`` folder, a weights
-            file, a Hub repo; see :func:`backbones.models.reference.resolve_model`).
+        source: From :func:`resolve_training_model` (the run resolves its model once).
         num_classes: Classes of the data.
-        pretrained: For an architecture: a weight tag, file, folder or Hub repo to start from
-            (``None``: the tag in the name, else random weights).
         image_size: The training input size: auxiliary heads that need larger inputs (Inception
             v3's, 299) are left out below it, with a warning.
         progress: Show download progress.
@@ -55,9 +45,8 @@ def build_model(
         The model (training mode); the head is freshly initialised when the classes differ.
 
     Raises:
-        ValueError: ``model`` is an FPN, or ``pretrained`` is given with a saved folder.
+        WeightsError: The weights cannot be obtained, are corrupt, or do not fit.
     """
-    source = resolve_training_model(model, pretrained)
     options: dict[str, Any] = {"num_classes": num_classes}
     aux_min = int(getattr(source.skeleton(), "aux_min_input_size", 0) or 0)
     if aux_min and image_size is not None and image_size < aux_min:
@@ -67,18 +56,9 @@ def build_model(
             stacklevel=2,
         )
         options["aux_logits"] = False
-    saved_classes = source.saved_num_classes if source.config is not None else None
     # A new head wherever the weights' classes are not the data's (a tag's 1000, a folder's own).
-    reinit_head = source.weights.loads_weights and saved_classes != num_classes
+    reinit_head = source.weights.loads_weights and source.saved_num_classes != num_classes
     return source.build(progress=progress, reinit_head=reinit_head, **options)
-
-
-def preprocessing_model(model: str, pretrained: str | None) -> nn.Module:
-    """The network's structure on the meta device (no weights): its preprocessing config, channels, minimum size.
-
-    The data is opened with it before the real model exists (whose head depends on the data's classes).
-    """
-    return resolve_training_model(model, pretrained).skeleton()
 
 
 def freeze_parts(model: nn.Module, trainable_stages: int | None, *, freeze_norm: bool) -> None:

@@ -22,9 +22,8 @@ from backbones.apps.finetune.checkpoint import (
 from backbones.apps.finetune.config import RESUME_FIELDS, FinetuneConfig
 from backbones.apps.finetune.loop import evaluate, train_one_epoch
 from backbones.apps.finetune.model_setup import (
-    build_model,
+    build_training_model,
     freeze_parts,
-    preprocessing_model,
     resolve_training_model,
     set_train_mode,
 )
@@ -143,6 +142,7 @@ class _PreparedRun:
         start: Epochs done (from the checkpoint when resuming).
         skipped: The unreadable images left out of both splits.
         started: ``time.time()`` when this run began: what killed attempts left is older.
+        started_from: The weights the run started from, in words (for the model card).
     """
 
     folder: Path
@@ -159,6 +159,7 @@ class _PreparedRun:
     start: int
     skipped: list[str]
     started: float
+    started_from: str
 
 
 def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
@@ -176,7 +177,11 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
         raise ValueError(
             f"{folder} already holds checkpoints of a run; pass resume=True to continue it or use another output folder"
         )
-    reference = preprocessing_model(config.model, config.pretrained)
+    # Resolved once: a Hub repo's config is fetched, a weights file read, a single time per run.
+    source = resolve_training_model(config.model, config.pretrained)
+    # The data is opened with the network's structure (meta device) before the real model exists,
+    # whose head depends on the data's classes.
+    reference = source.skeleton()
     data_options = {
         "val_data": config.val_data,
         "val_fraction": config.val_fraction,
@@ -191,10 +196,9 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
     if skipped:
         _say(context, config, f"skipped {len(skipped)} unreadable images: {', '.join(skipped)}")
     torch.manual_seed(config.seed)  # the same initialisation in every process
-    model = build_model(
-        config.model,
+    model = build_training_model(
+        source,
         len(train_set.classes),
-        pretrained=config.pretrained,
         image_size=train_set.image_size,
         progress=config.progress and context.is_main,
     )
@@ -242,6 +246,7 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
         start,
         skipped,
         started,
+        "random weights" if source.weights.kind == "none" else source.describe_weights(),
     )
 
 
@@ -309,7 +314,7 @@ def _finish(config: FinetuneConfig, context: DistributedContext, prepared: _Prep
         raise ValueError(f"{folder}: the checkpoint has no epoch record; start again without resume=True")
     final = dict(records[-1], val_images=len(prepared.val_set))
     if context.is_main:
-        card = _training_card(config, prepared.train_set, prepared.val_set, context, records)
+        card = _training_card(config, prepared, context, records)
         save_model(prepared.model, folder, card, final)
         # The run is complete: what earlier, killed attempts left is obsolete now.
         remove_obsolete_checkpoints(folder, records[-1]["epoch"], prepared.started)
@@ -343,14 +348,10 @@ def _resize_of(transform: Any, default: int) -> int:
     return default
 
 
-def _started_from(config: FinetuneConfig) -> str:
-    weights = resolve_training_model(config.model, config.pretrained).describe_weights()
-    return "random weights" if weights == "random" else weights
-
-
 def _training_card(
-    config: FinetuneConfig, train_set: Any, val_set: Any, context: DistributedContext, records: list[dict[str, Any]]
+    config: FinetuneConfig, prepared: _PreparedRun, context: DistributedContext, records: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    train_set, val_set = prepared.train_set, prepared.val_set
     source = "scikit-learn's handwritten digits (8x8, upsampled)" if train_set.source == "digits" else train_set.source
     return {
         "data": train_set.source,
@@ -358,7 +359,7 @@ def _training_card(
         f"{len(train_set.classes)} classes",
         "epochs": len(records),
         "input_size": f"{train_set.image_size}x{train_set.image_size}",
-        "started_from": _started_from(config),
+        "started_from": prepared.started_from,
         "recipe": f"{config.optimizer} lr {config.lr} (warmup {config.warmup_epochs} epochs, cosine), batch "
         f"{config.batch_size} x {context.world_size} process(es), weight decay {config.weight_decay}, "
         f"label smoothing {config.label_smoothing}, {config.dtype}, trainable stages "
