@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -278,6 +279,39 @@ def test_an_unreadable_image_is_named_or_skipped_and_listed(
     assert result.manifest["skipped_images"] == ["cat/4.png"] and result.manifest["images"] == 9
     assert "cat/4.png" not in result.paths and result.features["pooled"].shape[0] == 9
     assert [(r.shard, r.row) for r in result.index if r.path.startswith("cat/")] == [(0, 2), (1, 0), (1, 1)]
+
+
+def test_following_the_bad_image_hint_in_the_same_folder_works(
+    image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    (data / "cat" / "4.png").write_bytes(b"not a png")
+    args = [str(model_dir), "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "0", *COMMON_ARGS]
+    code, _, err = _cli(capsys, *args)
+    _assert_one_line_error(code, err, "cat/4.png")
+    hint = re.search(r"pass (--[a-z-]+)", err)
+    assert hint, err
+    code, _, err = _cli(capsys, *args, hint.group(1))  # what the message says, in the folder the stopped run left
+    assert code == 0, err
+    assert backbones.load_features(tmp_path / "out").manifest["skipped_images"] == ["cat/4.png"]
+
+
+def test_a_run_without_skip_bad_images_redoes_the_shards_that_left_images_out(
+    image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    good = (data / "cat" / "4.png").read_bytes()
+    (data / "cat" / "4.png").write_bytes(b"not a png")
+    args = [str(model_dir), "--data", str(data), "--workers", "0", *COMMON_ARGS]
+    assert _cli(capsys, *args, "--out", str(tmp_path / "out"), "--skip-bad-images")[0] == 0
+    code, _, err = _cli(capsys, *args, "--out", str(tmp_path / "out"))  # as an uninterrupted run would, it stops
+    _assert_one_line_error(code, err, "cat/4.png")
+    (data / "cat" / "4.png").write_bytes(good)
+    assert _cli(capsys, *args, "--out", str(tmp_path / "out"))[0] == 0
+    assert _cli(capsys, *args, "--out", str(tmp_path / "fresh"))[0] == 0
+    _assert_same_output(tmp_path / "out", tmp_path / "fresh")
 
 
 def test_an_unknown_layer_lists_the_valid_ones(

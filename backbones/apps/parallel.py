@@ -5,14 +5,26 @@ The same command runs alone or under ``torchrun``: torchrun sets ``RANK``, ``WOR
 group (gloo on CPU, nccl on CUDA); without them it is a world of one and nothing is initialised.
 The group is always destroyed on the way out: a process that exits with it alive can abort in
 the C++ destructors after its results are printed (seen as SIGABRT about once in 40 launches).
+
+Faults: the group waits at most ``timeout`` seconds (default :data:`DEFAULT_TIMEOUT`, not the
+backend's 30 minutes) for a process that stopped answering. Each process beats a counter in
+torchrun's store once a second from a thread, so when a collective fails (a peer's connection
+closed, or the timeout passed) the others tell which rank went silent and stop with
+:class:`RankLostError` naming it, instead of a backend error about a socket. Under
+``torchrun --max-restarts K`` a restarted group sees :func:`restarted_by_torchrun`, and the jobs
+resume from what the killed attempt completed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -20,16 +32,30 @@ import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "DistributedContext",
+    "RankLostError",
     "all_reduce_sum",
     "barrier",
     "broadcast_buffers",
     "distributed_session",
     "main_process_progress",
+    "restarted_by_torchrun",
 ]
 
 
 _CPU = torch.device("cpu")
+# Seconds a process waits in a collective (or at start-up) for the others: long enough for a rank
+# writing a checkpoint or an index, short enough that a lost machine does not hold the rest for the
+# backend's default half hour.
+DEFAULT_TIMEOUT = 300.0
+# The liveness counters: beaten every interval; a rank whose count stands still over the wait is gone.
+_HEARTBEAT_INTERVAL = 1.0
+_HEARTBEAT_WAIT = 2.5
+
+
+class RankLostError(RuntimeError):
+    """A process of the group died or stopped answering; the message names its rank and what to do."""
 
 
 @dataclass(frozen=True)
@@ -65,23 +91,94 @@ def _launched_by_torchrun() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+class _Heartbeat:
+    """A daemon thread adding 1 to this rank's counter in the store every second, and the check of the others'."""
+
+    def __init__(self, context: DistributedContext) -> None:
+        self.rank, self.world_size = context.rank, context.world_size
+        # One key space per group incarnation (a restarted group starts from fresh counters).
+        token = torch.tensor([secrets.randbits(62) if context.is_main else 0], dtype=torch.int64)
+        token = token.to(context.device) if context.backend == "nccl" else token
+        dist.broadcast(token, src=0)
+        self.prefix = f"backbones/heartbeat/{int(token.item())}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, args=(self._store(),), daemon=True, name="heartbeat")
+        self.thread.start()
+
+    @staticmethod
+    def _store() -> dist.TCPStore:
+        # Its own connection to the store torchrun serves (the process group's is not shared across threads).
+        return dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=5)
+        )
+
+    def _beat(self, store: dist.TCPStore) -> None:
+        while True:
+            try:
+                store.add(f"{self.prefix}/{self.rank}", 1)
+            except Exception:  # the store is gone: silent_ranks says so
+                return
+            if self.stop.wait(_HEARTBEAT_INTERVAL):
+                return
+
+    def silent_ranks(self) -> list[int] | None:
+        """The other ranks whose counter stood still for a few beats (``None``: the store itself is unreachable)."""
+        try:
+            store = self._store()
+            keys = [f"{self.prefix}/{rank}" for rank in range(self.world_size)]
+            before = [store.add(key, 0) for key in keys]
+            time.sleep(_HEARTBEAT_WAIT)
+            after = [store.add(key, 0) for key in keys]
+        except Exception:
+            return None
+        return [rank for rank in range(self.world_size) if rank != self.rank and before[rank] == after[rank]]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _lost_rank_error(heartbeat: _Heartbeat, recovery: str) -> RankLostError | None:
+    """The one-line error naming the rank that is gone, when a failed collective was that (else ``None``)."""
+    silent = heartbeat.silent_ranks()
+    size = heartbeat.world_size
+    if silent is None:
+        what = "a process of the group is gone, and the rendezvous store with it (its launcher served the store)"
+    elif silent:
+        names = ", ".join(str(rank) for rank in silent)
+        ranks = f"rank {names} of {size} is" if len(silent) == 1 else f"ranks {names} of {size} are"
+        what = f"{ranks} gone (killed, out of memory, or its machine lost)"
+    else:
+        return None
+    return RankLostError(f"{what}; this process (rank {heartbeat.rank}) stopped too. {recovery}".strip())
+
+
 @contextlib.contextmanager
-def distributed_session(*, device: str | None = None) -> Iterator[DistributedContext]:
+def distributed_session(
+    *, device: str | None = None, timeout: float | None = None, recovery: str = ""
+) -> Iterator[DistributedContext]:
     """Join torchrun's process group (or run alone), and always leave it cleanly.
 
     Args:
         device: ``"cpu"`` or ``"cuda"``; default CUDA when available. CPU uses gloo, CUDA nccl.
+        timeout: Seconds a process waits for the others (start-up, every collective) before it
+            stops with an error; default :data:`DEFAULT_TIMEOUT`.
+        recovery: What to do when a rank is lost (the end of :class:`RankLostError`'s message).
 
     Yields:
         The :class:`DistributedContext` of this process.
 
     Raises:
-        ValueError: ``device="cuda"`` without a GPU, or an unknown device.
+        ValueError: ``device="cuda"`` without a GPU, an unknown device, or a timeout not above 0.
+        RankLostError: Another process died or stopped answering (its rank is named).
 
     Example:
-        >>> with distributed_session() as ctx:
+        >>> with distributed_session(timeout=120) as ctx:
         ...     print(ctx.rank, ctx.world_size)
     """
+    timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds above 0, got {timeout}")
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -93,7 +190,7 @@ def distributed_session(*, device: str | None = None) -> Iterator[DistributedCon
         torch.cuda.set_device(torch_device)
     owned = False
     if _launched_by_torchrun() and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
         owned = True
     if dist.is_initialized():
         context = DistributedContext(
@@ -101,11 +198,30 @@ def distributed_session(*, device: str | None = None) -> Iterator[DistributedCon
         )
     else:
         context = DistributedContext(device=torch_device)
+    watched = context.world_size > 1 and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
+    heartbeat = _Heartbeat(context) if watched else None
     try:
         yield context
+    except RuntimeError as err:  # the backends' failures (a closed connection, a timeout) are RuntimeErrors
+        lost = _lost_rank_error(heartbeat, recovery) if heartbeat is not None else None
+        if lost is None:
+            raise
+        raise lost from err
     finally:
+        if heartbeat is not None:
+            heartbeat.close()
         if owned:
             dist.destroy_process_group()
+
+
+def restarted_by_torchrun(context: DistributedContext) -> bool:
+    """Whether torchrun restarted this group after a failure (``TORCHELASTIC_RESTART_COUNT`` > 0 on any process).
+
+    Collective: every process calls it. Under several launchers only the one whose worker failed
+    counts a restart (the others restart for the new membership), so the processes agree here.
+    """
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    return all_reduce_sum([restarts], context)[0] > 0
 
 
 def all_reduce_sum(values: Sequence[float], context: DistributedContext) -> list[float]:

@@ -34,8 +34,10 @@ def render_model_card(config: dict[str, Any]) -> str:
     kwargs = config.get("model_kwargs") or {}
     options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "defaults"
     kind = "feature extractor" if config.get("features_only") else "model"
-    weights = cfg.get("weights") or "weights saved with save_pretrained"
-    if cfg.get("head"):  # the weights' classifier was replaced: their class names and metrics no longer apply
+    # A fine-tuned model's card says what its run started from, as the run resolved it (with any new head).
+    started_from = (cfg.get("training") or {}).get("started_from")
+    weights = started_from or cfg.get("weights") or "weights saved with save_pretrained"
+    if cfg.get("head") and not started_from:  # a new classifier: the weights' names and metrics no longer apply
         weights = f"{weights} with a {cfg['head']}"
     lines = [
         "---",

@@ -99,12 +99,22 @@ class ModelSource:
             return "in-memory module"
         return self.weights.describe()
 
-    def build(self, *, progress: bool = True, reinit_head: bool = False, **overrides: Any) -> nn.Module:
+    @property
+    def random_weights(self) -> bool:
+        """Whether the weights are drawn at random (an architecture with ``pretrained=False``): a seed decides them."""
+        return self.module is None and self.weights.kind == "none"
+
+    def build(
+        self, *, progress: bool = True, reinit_head: bool = False, seed: int | None = None, **overrides: Any
+    ) -> nn.Module:
         """Build the model with its weights.
 
         Args:
             progress: Show download progress.
             reinit_head: With ``num_classes`` other than the weights': keep a fresh classifier.
+            seed: Draw the random initialisation (random weights, a fresh head) from this seed, so
+                every process of a ``torchrun`` job, and every rerun, builds the same network; the
+                caller's random generator is left as it was. ``None``: from the generator as it is.
             **overrides: Model options (``num_classes``, ``aux_logits``, ...); for a saved folder
                 or Hub repo they replace the saved ones.
 
@@ -115,6 +125,13 @@ class ModelSource:
             ValueError: Options given with a module reference.
             WeightsError: The weights cannot be obtained, are corrupt, or do not fit.
         """
+        if seed is None:
+            return self._build(progress, reinit_head, overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # the CPU generator: models are built on the CPU
+            return self._build(progress, reinit_head, overrides)
+
+    def _build(self, progress: bool, reinit_head: bool, overrides: dict[str, Any]) -> nn.Module:
         if self.module is not None:
             if overrides or reinit_head:
                 raise ValueError("a model object is used as it is; build it with the options you need")

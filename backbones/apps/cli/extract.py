@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from backbones.apps.cli.models import add_model_argument, add_pretrained_option, pretrained_choice
-from backbones.apps.cli.options import add_dtype_option, positive_int
+from backbones.apps.cli.options import add_dtype_option, add_timeout_option, positive_int
 
 __all__ = ["add_commands"]
 
@@ -36,6 +36,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         progress=not args.quiet,
+        seed=args.seed,
+        timeout=args.timeout,
     )
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one summary line, not one per process
         shapes = ", ".join(f"{n} {tuple(s['shape'])}" for n, s in manifest["layer_shapes"].items())
@@ -105,6 +107,14 @@ def add_commands(command: Any) -> None:
         help="skip unreadable images (listed in manifest.json) instead of stopping",
     )
     cmd.add_argument("--overwrite", action="store_true", help="replace another extraction's features in --out")
+    cmd.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random initialisation with --pretrained none: the same network in every process "
+        "(recorded in manifest.json)",
+    )
+    add_timeout_option(cmd)
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
 

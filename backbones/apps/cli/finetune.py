@@ -13,7 +13,14 @@ import sys
 from typing import Any
 
 from backbones.apps.cli.models import add_model_argument, add_pretrained_option, pretrained_choice
-from backbones.apps.cli.options import add_dtype_option, fraction, non_negative_int, positive_float, positive_int
+from backbones.apps.cli.options import (
+    add_dtype_option,
+    add_timeout_option,
+    fraction,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from backbones.apps.finetune.config import OPTIMIZERS, TRAINING_DTYPES, FinetuneConfig
 
 __all__ = ["add_commands"]
@@ -87,7 +94,11 @@ def add_commands(command: Any) -> None:
     cmd.add_argument("--lr", type=positive_float, help="peak learning rate (default 0.05 sgd, 0.001 adamw)")
     cmd.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd (nesterov) or adamw")
     cmd.add_argument("--weight-decay", type=float, help="on weights only (default 5e-5 sgd, 0.05 adamw)")
-    cmd.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup before cosine (default 1)")
+    cmd.add_argument(
+        "--warmup-epochs",
+        type=float,
+        help="linear warmup before the cosine, shorter than --epochs (default: 1, or a fifth of a shorter run)",
+    )
     cmd.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     cmd.add_argument("--clip-grad-norm", type=positive_float, help="clip the gradient norm to this")
     add_dtype_option(cmd, allowed=TRAINING_DTYPES, help="bf16: autocast the forward pass")
@@ -105,6 +116,7 @@ def add_commands(command: Any) -> None:
     cmd.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
     cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     cmd.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    add_timeout_option(cmd)
     cmd.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
 
     cmd = command("evaluate", "top-1 / top-5 of a model on a dataset, and a confusion-matrix picture", _cmd_evaluate)

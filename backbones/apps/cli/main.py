@@ -53,7 +53,8 @@ _CLI_HINTS = (
 # The library names its options as Python does (overwrite=True, layers='fpn'); a command says
 # them as its own flags. Only options the running command has are rewritten: a library hint for an
 # option the command lacks (reinit_head=True) stays as it is rather than naming a flag that does not exist.
-_PYTHON_OPTION = re.compile(r"\b([a-z][a-z_]*)=(True|'[^']*'|\"[^\"]*\")")
+# A number is a value too (lr=1e+09 becomes --lr 1e+09).
+_PYTHON_OPTION = re.compile(r"\b([a-z][a-z_]*)=(True|'[^']*'|\"[^\"]*\"|-?\d+(?:\.\d+)?(?:e[+-]?\d+)?\b)")
 
 
 def cli_syntax(message: str, flags: dict[str, str] | None = None) -> str:
@@ -72,7 +73,10 @@ def cli_syntax(message: str, flags: dict[str, str] | None = None) -> str:
         name, value = match.groups()
         if flags is None or name not in flags:
             return match.group(0)
-        return flags[name] if value == "True" else f"{flags[name]} {value[1:-1]}"
+        if value == "True":
+            return flags[name]
+        quoted = value[0] in ("'", '"')
+        return f"{flags[name]} {value[1:-1] if quoted else value}"
 
     return _PYTHON_OPTION.sub(as_flag, message)
 

@@ -19,6 +19,7 @@ from backbones.core.vocabulary import DTYPES, dtype_name
 __all__ = [
     "add_device_option",
     "add_dtype_option",
+    "add_timeout_option",
     "check_output_file",
     "check_output_folder",
     "dtype_argument",
@@ -157,6 +158,17 @@ def add_device_option(command: argparse.ArgumentParser) -> None:
         "--device",
         default="cpu",
         help="where to run: cpu, cuda or cuda:N (CUDA needs a PyTorch build with CUDA and a visible GPU)",
+    )
+
+
+def add_timeout_option(command: argparse.ArgumentParser) -> None:
+    """``--timeout SECONDS``: how long a process of a torchrun job waits for the others (the process-group timeout)."""
+    command.add_argument(
+        "--timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="under torchrun: seconds a process waits for the others before it stops with an error naming the "
+        "rank that is gone (default 300)",
     )
 
 

@@ -30,6 +30,7 @@ from backbones.apps.extract.store import (
     plan_fingerprint,
     prepare_output_folder,
     shard_ranges,
+    skipped_in_shard,
     state_dict_sha256,
     write_index_and_manifest,
     write_shard,
@@ -53,6 +54,10 @@ STORED_DTYPES: dict[str, torch.dtype] = {
 MAX_DEFAULT_WORKERS = 4
 # int8: activation ranges observed on this many batches of DATA (seeded, the same in every process).
 CALIBRATION = {"batches": 4, "batch_size": 8, "seed": 0}
+
+
+# What to do when a process of the group is lost (complete shards are kept).
+_RECOVERY = "Rerun the same command: the complete shards are kept and only the others are redone"
 
 
 def _preprocessing(dataset: Any, model: nn.Module) -> dict[str, Any]:
@@ -182,6 +187,8 @@ def extract(
     overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
+    seed: int = 0,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """Extract features of every image of ``data`` with ``model`` into safetensors shards in ``out``.
 
@@ -214,6 +221,11 @@ def extract(
         overwrite: Replace features of another model or settings found in ``out``.
         device: ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
         progress: Show a progress bar with images per second (rank 0).
+        seed: Seed of the random initialisation when the weights are random (``pretrained=False``): every
+            process, and every rerun, builds the same network; recorded in the manifest (``None`` there
+            for loaded weights, which it does not change).
+        timeout: Under torchrun, seconds a process waits for the others before it stops with an error
+            naming the rank that is gone (default ``backbones.apps.parallel.DEFAULT_TIMEOUT``).
 
     Returns:
         The final manifest (as written to ``out/manifest.json``).
@@ -232,9 +244,9 @@ def extract(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     store_dtype = STORED_DTYPES[dtype]
     out = Path(out).expanduser()
-    with distributed_session(device=device) as context:
+    with distributed_session(device=device, timeout=timeout, recovery=_RECOVERY) as context:
         source = resolve_model(model, pretrained, default=True)
-        loaded = source.build(progress=progress).eval()
+        loaded = source.build(progress=progress, seed=seed).eval()
         selection = parse_layers(layers, loaded)  # before scanning a folder that may hold millions
         dataset = open_dataset(data, split, model=loaded, training=False, image_size=image_size)
         spans = shard_ranges(len(dataset), shard_size)
@@ -249,6 +261,7 @@ def extract(
             "shard_size": shard_size,
             "shards": len(spans),
             "skip_bad_images": skip_bad_images,
+            "seed": seed if source.random_weights else None,
         }
         plan = _make_plan(source, loaded, dataset, selection, options)
         fresh = check_output_folder(out, plan, overwrite=overwrite)  # every process decides alike
@@ -257,6 +270,8 @@ def extract(
             prepare_output_folder(out, plan, fresh=fresh)
         barrier(context)
         done = complete_shards(out, plan["fingerprint"], len(spans))
+        if not skip_bad_images:  # as a run that never skipped: it reads those images again (or stops on them)
+            done = {s for s in done if not skipped_in_shard(out, s)}
         mine = [s for s in range(len(spans)) if s % context.world_size == context.rank and s not in done]
         if mine:
             batch = example.expand(batch_size, -1, -1, -1)

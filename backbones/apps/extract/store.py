@@ -51,6 +51,7 @@ __all__ = [
     "read_manifest",
     "shard_path",
     "shard_ranges",
+    "skipped_in_shard",
     "state_dict_sha256",
     "write_index_and_manifest",
     "write_shard",
@@ -140,12 +141,16 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
 
 # Names for people, not identities: the same weights reached through another path are the same model.
 _DESCRIPTIVE = ("model", "weights", "fingerprint", "backbones_version")
+# How a run meets an unreadable image, not what its features are: a shard that left none out is the
+# same either way, so a rerun with skip_bad_images=True (the hint of a run that stopped on one)
+# resumes; a run without it redoes the shards that left images out (see skipped_in_shard).
+_POLICY = ("skip_bad_images",)
 
 
 def plan_fingerprint(plan: dict[str, Any]) -> str:
-    """sha256 of the plan's JSON (sorted keys; names that only describe left out): equal
-    fingerprints mean interchangeable shards."""
-    identity = {k: v for k, v in plan.items() if k not in _DESCRIPTIVE}
+    """sha256 of the plan's JSON (sorted keys; names that only describe, and the bad-image policy,
+    left out): equal fingerprints mean interchangeable shards."""
+    identity = {k: v for k, v in plan.items() if k not in _DESCRIPTIVE and k not in _POLICY}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -242,6 +247,11 @@ def complete_shards(out: Path, fingerprint: str, count: int) -> set[int]:
         if path.exists() and _shard_metadata(path).get("fingerprint") == fingerprint:
             done.add(shard)
     return done
+
+
+def skipped_in_shard(out: Path, shard: int) -> list[int]:
+    """File-list positions of the unreadable images that complete shard ``shard`` left out."""
+    return json.loads(_shard_metadata(shard_path(out, shard)).get("skipped", "[]"))
 
 
 def write_shard(

@@ -9,7 +9,14 @@ from typing import Any
 
 from backbones.core.vocabulary import dtype_name
 
-__all__ = ["OPTIMIZERS", "RESUME_FIELDS", "TRAINING_DTYPES", "FinetuneConfig"]
+__all__ = [
+    "DEFAULT_WARMUP_EPOCHS",
+    "MAX_DEFAULT_WARMUP_SHARE",
+    "OPTIMIZERS",
+    "RESUME_FIELDS",
+    "TRAINING_DTYPES",
+    "FinetuneConfig",
+]
 
 OPTIMIZERS = ("sgd", "adamw")
 # The precisions of the shared vocabulary that training supports (int8 is for inference only).
@@ -18,6 +25,9 @@ TRAINING_DTYPES = ("fp32", "bf16")
 # holds its results); AdamW's the usual fine-tuning values.
 _DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 _DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
+# The default warmup: one epoch, but never more than this share of the run, so a short run still
+# decays its learning rate (a one-epoch run warmed up for its whole length never leaves the peak).
+DEFAULT_WARMUP_EPOCHS, MAX_DEFAULT_WARMUP_SHARE = 1.0, 0.2
 # Fields that define what a checkpoint continues: --resume refuses a run that changed one of them.
 RESUME_FIELDS = (
     "model",
@@ -49,6 +59,10 @@ RESUME_FIELDS = (
 class FinetuneConfig:
     """Everything a fine-tuning run depends on (the CLI options, one for one).
 
+    Options that would be ignored beside another are refused (see ``_CONFLICTS``): ``val_data``
+    with the digits, ``val_fraction`` with ``val_data``, ``skip_bad_images`` with the digits,
+    ``momentum`` / ``nesterov`` with AdamW, ``sync_bn`` with ``freeze_norm``.
+
     Attributes:
         model: A registered classification architecture (``"resnet18"``, ``"resnet50.tv2_in1k"``)
             or a folder written by ``save_pretrained``.
@@ -61,7 +75,9 @@ class FinetuneConfig:
         momentum: SGD momentum.
         nesterov: SGD with Nesterov momentum.
         weight_decay: Decay on weights (never on norms and biases); default per optimizer.
-        warmup_epochs: Linear warmup from 0, then cosine decay to 0 over the remaining steps.
+        warmup_epochs: Linear warmup from 0, then cosine decay to 0 over the remaining steps. Must
+            be shorter than ``epochs``. Default (``None``): 1 epoch, or a fifth of a run shorter
+            than 5 epochs.
         label_smoothing: Cross-entropy label smoothing.
         clip_grad_norm: Clip the global gradient norm to this (``None``: no clipping).
         dtype: ``"fp32"``, or ``"bf16"`` autocast for the forward pass (the long names
@@ -79,6 +95,7 @@ class FinetuneConfig:
             epochs reach a higher accuracy without it; see benchmarks/FINETUNE.md).
         image_size: Input size (default: ``max(32, model minimum)`` on digits, the crop size on folders).
         val_data: A validation folder; otherwise ``val_fraction`` of ``data`` (stratified, seeded).
+            Not with the digits (they are split), nor with a ``val_fraction`` of its own.
         val_fraction: Share of ``data`` held out for validation.
         seed: Seed of the initialisation, the split, the shuffle and the augmentation.
         deterministic: Deterministic algorithms only (``torch.use_deterministic_algorithms``).
@@ -87,6 +104,8 @@ class FinetuneConfig:
         sync_bn: Convert BatchNorm to SyncBatchNorm (CUDA with several processes only).
         device: ``"cpu"`` or ``"cuda"`` (default: CUDA when available).
         resume: Continue from the last complete checkpoint in ``out``.
+        timeout: Seconds a process waits for the others under torchrun before it stops, naming the
+            rank that is gone (default: ``backbones.apps.parallel.DEFAULT_TIMEOUT``, 300).
         progress: Show a progress bar (rank 0 only).
         command: The command line recorded in the model card.
     """
@@ -101,7 +120,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float | None = None
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
     dtype: str = "fp32"
@@ -119,6 +138,7 @@ class FinetuneConfig:
     sync_bn: bool = False
     device: str | None = None
     resume: bool = False
+    timeout: float | None = None
     progress: bool = True
     command: str = ""
 
@@ -134,6 +154,8 @@ class FinetuneConfig:
         if self.weight_decay is None:
             self.weight_decay = _DEFAULT_WEIGHT_DECAY[self.optimizer]
         _check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        _check_conflicts(self)
+        self.warmup_epochs = _warmup_epochs(self.warmup_epochs, self.epochs)
         _check_non_negative(
             weight_decay=self.weight_decay,
             warmup_epochs=self.warmup_epochs,
@@ -166,3 +188,52 @@ def _check_non_negative(**values: float) -> None:
     for name, value in values.items():
         if value < 0:
             raise ValueError(f"{name} must be 0 or more, got {value}")
+
+
+def _warmup_epochs(warmup_epochs: float | None, epochs: int) -> float:
+    """The warmup a run gets: the default scaled to a short run; a given one must end before the run does."""
+    if warmup_epochs is None:
+        return min(DEFAULT_WARMUP_EPOCHS, MAX_DEFAULT_WARMUP_SHARE * epochs)
+    if warmup_epochs >= epochs > 0:
+        raise ValueError(
+            f"warmup_epochs={warmup_epochs:g} is not shorter than the run (epochs={epochs}): the learning rate "
+            f"would never leave the warmup; give a warmup below {epochs} epochs, or none for the default (1 epoch, "
+            f"a fifth of a shorter run)"
+        )
+    return float(warmup_epochs)
+
+
+# Any value but the field's default: the side of a conflict that an option given at all makes.
+_GIVEN = object()
+# Pairs of options that do not go together: with the second one set, the first would be silently
+# ignored (or do nothing). One rule reads them all: (field, value, other field, other value, why).
+_CONFLICTS: tuple[tuple[str, Any, str, Any, str], ...] = (
+    ("val_data", _GIVEN, "data", "digits", "the built-in digits are split by the validation fraction"),
+    (
+        "val_fraction",
+        _GIVEN,
+        "val_data",
+        _GIVEN,
+        "a validation folder is all of the validation data, nothing is held out",
+    ),
+    ("skip_bad_images", True, "data", "digits", "the built-in digits are arrays, no image file can be unreadable"),
+    ("momentum", _GIVEN, "optimizer", "adamw", "momentum is SGD's, AdamW has none"),
+    ("nesterov", _GIVEN, "optimizer", "adamw", "Nesterov momentum is SGD's, AdamW has none"),
+    ("sync_bn", True, "freeze_norm", True, "frozen BatchNorm uses its stored statistics and synchronises nothing"),
+)
+
+
+def _check_conflicts(config: FinetuneConfig) -> None:
+    """Refuse the first pair of :data:`_CONFLICTS` that ``config`` sets, naming both options and why."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+
+    def sets(name: str, value: Any) -> bool:
+        actual = getattr(config, name)
+        return actual != defaults[name] if value is _GIVEN else actual == value
+
+    for name, value, other, other_value, why in _CONFLICTS:
+        if sets(name, value) and sets(other, other_value):
+            raise ValueError(
+                f"{name}={getattr(config, name)!r} does not go with {other}={getattr(config, other)!r}: {why}; "
+                f"drop one of the two"
+            )

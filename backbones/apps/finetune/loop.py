@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,7 +16,16 @@ from torch.utils.data import DataLoader
 from backbones.apps.parallel import DistributedContext, all_reduce_sum, main_process_progress
 from backbones.models.inception import AUX_LOSS_WEIGHT, GoogLeNetOutputs, InceptionOutputs
 
-__all__ = ["INCEPTION_AUX_WEIGHT", "EpochStats", "EvalResult", "compute_loss", "evaluate", "train_one_epoch"]
+__all__ = [
+    "INCEPTION_AUX_WEIGHT",
+    "DivergenceError",
+    "EpochStats",
+    "EvalResult",
+    "check_epoch_finite",
+    "compute_loss",
+    "evaluate",
+    "train_one_epoch",
+]
 
 # torchvision's reference training scripts weight Inception v3's auxiliary loss by 0.4.
 INCEPTION_AUX_WEIGHT = 0.4
@@ -38,6 +48,74 @@ def compute_loss(outputs: Tensor | tuple, target: Tensor, label_smoothing: float
         raise TypeError(f"unexpected model output {type(outputs).__name__}")
     main = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     return main + weight * sum(F.cross_entropy(a, target, label_smoothing=label_smoothing) for a in aux)
+
+
+class DivergenceError(ValueError):
+    """Training diverged: a loss, a figure or a weight became NaN or infinite, so the run stopped unsaved."""
+
+
+def _divergence(
+    what: str, *, epoch: int, step: int, steps: int, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None
+) -> DivergenceError:
+    # LambdaLR records the peak (the lr option) as initial_lr: the figure to lower, not the scheduled one.
+    peak = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+    clip = f"clip_grad_norm={clip_grad_norm:g}" if clip_grad_norm is not None else "pass clip_grad_norm=1.0"
+    kept = (
+        "nothing was saved"
+        if epoch <= 1
+        else f"the checkpoint of epoch {epoch - 1} is kept, but it continues these settings only: start the new "
+        f"run in another output folder"
+    )
+    return DivergenceError(
+        f"training diverged at epoch {epoch}, step {step} of {steps}: {what}; lower lr={peak:g} or {clip} "
+        f"and start again ({kept})"
+    )
+
+
+def _anywhere(problem: bool, context: DistributedContext) -> bool:
+    """Whether ``problem`` holds in any process: every process takes the same branch, none waits in a collective."""
+    return bool(all_reduce_sum([float(problem)], context)[0])
+
+
+def check_epoch_finite(
+    model: nn.Module,
+    figures: dict[str, float],
+    context: DistributedContext,
+    *,
+    epoch: int,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    clip_grad_norm: float | None,
+) -> None:
+    """Stop before an epoch is recorded or saved if its figures or the model's weights are not finite.
+
+    The last step's loss can be finite while its update was not: the weights are checked too.
+
+    Args:
+        model: The bare model about to be checkpointed.
+        figures: The epoch's figures by name (``{"validation loss": 0.31}``).
+        context: This process (the verdict is reduced over every process).
+        epoch: The epoch (1-based).
+        steps: Steps in an epoch.
+        optimizer: The run's optimizer (its peak learning rate is named).
+        clip_grad_norm: The run's clipping (``None``: none).
+
+    Raises:
+        DivergenceError: Something is NaN or infinite, in any process.
+    """
+    bad = [name for name, value in figures.items() if not math.isfinite(value)]
+    weights = all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    if not weights:
+        bad.append("the weights")
+    if _anywhere(bool(bad), context):
+        what = (
+            f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite"
+            if bad
+            else "another process's weights or figures are not finite"
+        )
+        raise _divergence(
+            what, epoch=epoch, step=steps, steps=steps, optimizer=optimizer, clip_grad_norm=clip_grad_norm
+        )
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -73,15 +151,28 @@ def train_one_epoch(
     dtype: str,
     description: str,
     progress: bool,
+    epoch: int = 1,
 ) -> EpochStats:
-    """Run one pass over ``loader`` (the model already in training mode), one schedule step per batch."""
+    """Run one pass over ``loader`` (the model already in training mode), one schedule step per batch.
+
+    A loss that is not finite in any process stops every process at that step, before its update.
+
+    Raises:
+        DivergenceError: The loss became NaN or infinite (the message names the epoch and step).
+    """
     total_loss, seen, lr = 0.0, 0, 0.0
     start = time.perf_counter()
     batches = main_process_progress(loader, context, desc=description, leave=False, disable=None if progress else True)
-    for images, target in batches:
+    for step, (images, target) in enumerate(batches, 1):
         images, target = images.to(context.device, non_blocking=True), target.to(context.device, non_blocking=True)
         with _autocast(context.device, dtype):
             loss = compute_loss(model(images), target, label_smoothing)
+        value = float(loss.detach())
+        if _anywhere(not math.isfinite(value), context):
+            what = f"the loss is {value}" if not math.isfinite(value) else "the loss is not finite in another process"
+            raise _divergence(
+                what, epoch=epoch, step=step, steps=len(loader), optimizer=optimizer, clip_grad_norm=clip_grad_norm
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad_norm is not None:
@@ -89,7 +180,7 @@ def train_one_epoch(
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         schedule.step()
-        total_loss += float(loss.detach()) * len(target)
+        total_loss += value * len(target)
         seen += len(target)
     seconds = time.perf_counter() - start
     loss_sum, count = all_reduce_sum([total_loss, seen], context)

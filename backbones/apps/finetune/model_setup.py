@@ -8,10 +8,11 @@ from typing import Any
 import torch.nn as nn
 
 from backbones.core.features import freeze_stages
+from backbones.hub.integrity import file_sha256
 from backbones.models.backbone import Backbone
 from backbones.models.reference import ModelSource, resolve_model
 
-__all__ = ["build_training_model", "freeze_parts", "resolve_training_model", "set_train_mode"]
+__all__ = ["build_training_model", "describe_start", "freeze_parts", "resolve_training_model", "set_train_mode"]
 
 
 def resolve_training_model(model: str, pretrained: str | None) -> ModelSource:
@@ -31,7 +32,9 @@ def resolve_training_model(model: str, pretrained: str | None) -> ModelSource:
     return source
 
 
-def build_training_model(source: ModelSource, num_classes: int, *, image_size: int | None, progress: bool) -> nn.Module:
+def build_training_model(
+    source: ModelSource, num_classes: int, *, image_size: int | None, progress: bool, seed: int | None = None
+) -> nn.Module:
     """Build (or load) the model ``source`` names with a classifier of ``num_classes`` outputs.
 
     Args:
@@ -40,6 +43,8 @@ def build_training_model(source: ModelSource, num_classes: int, *, image_size: i
         image_size: The training input size: auxiliary heads that need larger inputs (Inception
             v3's, 299) are left out below it, with a warning.
         progress: Show download progress.
+        seed: Seed of the random initialisation (random weights, a new head): the same network in
+            every process (see :meth:`~backbones.models.reference.ModelSource.build`).
 
     Returns:
         The model (training mode); the head is freshly initialised when the classes differ.
@@ -56,9 +61,42 @@ def build_training_model(source: ModelSource, num_classes: int, *, image_size: i
             stacklevel=2,
         )
         options["aux_logits"] = False
+    return source.build(progress=progress, reinit_head=_new_head(source, num_classes), seed=seed, **options)
+
+
+def _new_head(source: ModelSource, num_classes: int) -> bool:
     # A new head wherever the weights' classes are not the data's (a tag's 1000, a folder's own).
-    reinit_head = source.weights.loads_weights and source.saved_num_classes != num_classes
-    return source.build(progress=progress, reinit_head=reinit_head, **options)
+    return source.weights.loads_weights and source.saved_num_classes != num_classes
+
+
+def describe_start(source: ModelSource, num_classes: int, *, seed: int) -> str:
+    """What a run starts from, in words for the model card, read from the resolved source (never guessed).
+
+    Args:
+        source: From :func:`resolve_training_model`.
+        num_classes: Classes of the data (a head of another size is new).
+        seed: The run's seed (what a random initialisation is drawn with).
+
+    Returns:
+        ``"random initialisation (seed 0)"``, ``"the resnet50.tv2_in1k weights, with a new
+        10-class classifier"``, ``"the weights file /abs/w.pth (sha256 ...)"``, ``"the saved
+        model /abs/run"``, ``"the Hub repo owner/name"``.
+    """
+    weights = source.weights
+    if weights.kind == "none":
+        # A tag in the name without its weights still chose the preprocessing.
+        chosen = f"; {weights.spec.name}'s preprocessing, not its weights" if weights.spec is not None else ""
+        return f"random initialisation (seed {seed}{chosen})"
+    where = source.describe_weights()
+    if weights.kind == "file":
+        start = f"the weights file {where} (sha256 {file_sha256(where)})"
+    else:
+        start = {"tag": f"the {where} weights", "folder": f"the saved model {where}", "hub": f"the Hub repo {where}"}[
+            weights.kind
+        ]
+    # The head is new only where the weights' own class count (a tag's 1000, a file's or folder's) is not the data's.
+    weights_classes = getattr(source.skeleton(), "num_classes", None)
+    return f"{start}, with a new {num_classes}-class classifier" if weights_classes != num_classes else start
 
 
 def freeze_parts(model: nn.Module, trainable_stages: int | None, *, freeze_norm: bool) -> None:

@@ -57,7 +57,11 @@ class _WarmupCosine:
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps_per_epoch: int) -> LambdaLR:
-    """Per-step schedule: ``warmup_epochs`` of linear warmup, then a cosine that ends near 0 at the last step."""
+    """Per-step schedule: ``warmup_epochs`` of linear warmup, then a cosine that ends near 0 at the last step.
+
+    The config keeps the warmup shorter than the run; rounded to steps it still ends a step before
+    the last, so the cosine always starts.
+    """
     total = config.epochs * steps_per_epoch
-    warmup = min(total, round(config.warmup_epochs * steps_per_epoch))
+    warmup = max(0, min(total - 1, round(config.warmup_epochs * steps_per_epoch)))
     return LambdaLR(optimizer, _WarmupCosine(total, warmup))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -27,8 +28,18 @@ CURVES_NAME = "curves.png"
 
 
 def write_metrics(folder: Path, records: list[dict[str, Any]]) -> Path:
-    """Write every epoch's record as one JSON object per line (the whole file, atomically)."""
-    return atomic_write_text(folder / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in records))
+    """Write every epoch's record as one JSON object per line (the whole file, atomically).
+
+    Always valid JSON: a figure that is not finite (which JSON cannot hold; Python would write
+    ``NaN``) is written as ``null``. A run stops before recording a diverged epoch, so this is a
+    last guard.
+    """
+    lines = (json.dumps({k: _finite_or_none(v) for k, v in r.items()}, allow_nan=False) + "\n" for r in records)
+    return atomic_write_text(folder / METRICS_NAME, "".join(lines))
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def write_curves(folder: Path, records: list[dict[str, Any]]) -> Path | None:

@@ -20,16 +20,23 @@ from backbones.apps.finetune.checkpoint import (
     save_checkpoint,
 )
 from backbones.apps.finetune.config import RESUME_FIELDS, FinetuneConfig
-from backbones.apps.finetune.loop import evaluate, train_one_epoch
+from backbones.apps.finetune.loop import check_epoch_finite, evaluate, train_one_epoch
 from backbones.apps.finetune.model_setup import (
     build_training_model,
+    describe_start,
     freeze_parts,
     resolve_training_model,
     set_train_mode,
 )
 from backbones.apps.finetune.optim import build_optimizer, build_schedule
 from backbones.apps.finetune.output import remove_leftover_temporaries, save_model, write_curves, write_metrics
-from backbones.apps.parallel import DistributedContext, barrier, broadcast_buffers, distributed_session
+from backbones.apps.parallel import (
+    DistributedContext,
+    barrier,
+    broadcast_buffers,
+    distributed_session,
+    restarted_by_torchrun,
+)
 from backbones.data.datasets import open_dataset
 from backbones.data.loaders import make_loader, set_loader_epoch
 
@@ -111,9 +118,17 @@ def _check_sync_bn(config: FinetuneConfig, context: DistributedContext) -> None:
         )
 
 
+# What to do when a process of the group is lost (every complete epoch is a checkpoint).
+_RECOVERY = (
+    "Rerun the same command with resume=True to continue from the last complete checkpoint, or launch it with "
+    "torchrun --max-restarts N to restart by itself"
+)
+
+
 def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     """Run the fine-tuning described by ``config`` (see :func:`finetune`)."""
-    with distributed_session(device=config.device) as context, _deterministic(config.deterministic):
+    session = distributed_session(device=config.device, timeout=config.timeout, recovery=_RECOVERY)
+    with session as context, _deterministic(config.deterministic):
         _check_sync_bn(config, context)
         return _run(config, context)
 
@@ -173,7 +188,10 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
     """Open the data, build the model and its optimizer, and restore a checkpoint when resuming."""
     started = time.time()
     folder = Path(config.out).expanduser()
-    if not config.resume and latest_checkpoint(folder) is not None:
+    # Under torchrun --max-restarts a restarted group continues from what the killed attempt completed.
+    restarted = restarted_by_torchrun(context)
+    resume = config.resume or (restarted and latest_checkpoint(folder) is not None)
+    if not resume and latest_checkpoint(folder) is not None:
         raise ValueError(
             f"{folder} already holds checkpoints of a run; pass resume=True to continue it or use another output folder"
         )
@@ -195,12 +213,13 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
     skipped = [*train_set.skipped, *val_set.skipped]
     if skipped:
         _say(context, config, f"skipped {len(skipped)} unreadable images: {', '.join(skipped)}")
-    torch.manual_seed(config.seed)  # the same initialisation in every process
+    torch.manual_seed(config.seed)  # the training's random draws (dropout) start alike in every process
     model = build_training_model(
         source,
         len(train_set.classes),
         image_size=train_set.image_size,
         progress=config.progress and context.is_main,
+        seed=config.seed,  # the same initialisation in every process
     )
     _record_preprocessing(model, train_set, val_set)
     freeze_parts(model, config.trainable_stages, freeze_norm=config.freeze_norm)
@@ -220,10 +239,13 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
     run = {k: v for k, v in config.as_dict().items() if k in RESUME_FIELDS} | {"world_size": context.world_size}
     records: list[dict[str, Any]] = []
     start = 0
-    if config.resume:
+    restart = "torchrun restarted the group: " if restarted else ""
+    if resume:
         state = load_checkpoint(folder, model, optimizer, schedule, context, run=run)
         start, records = state.epoch, state.metrics
-        _say(context, config, f"resuming {folder} after epoch {start} of {config.epochs}")
+        _say(context, config, f"{restart}resuming {folder} after epoch {start} of {config.epochs}")
+    elif restarted:
+        _say(context, config, f"{restart}no complete checkpoint in {folder} yet, starting again from epoch 1")
     _say(
         context,
         config,
@@ -246,7 +268,7 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
         start,
         skipped,
         started,
-        "random weights" if source.weights.kind == "none" else source.describe_weights(),
+        describe_start(source, len(train_set.classes), seed=config.seed),
     )
 
 
@@ -265,10 +287,21 @@ def _run_epoch(config: FinetuneConfig, context: DistributedContext, prepared: _P
         dtype=config.dtype,
         description=f"epoch {epoch + 1}/{config.epochs}",
         progress=config.progress,
+        epoch=epoch + 1,
     )
     model = prepared.model
     broadcast_buffers(model, context)  # evaluate (and save) rank 0's BatchNorm statistics everywhere
     result = evaluate(model, prepared.val_loader, context, len(prepared.train_set.classes), dtype=config.dtype)
+    # Nothing of a diverged epoch is recorded or saved: the last checkpoint stays the last good one.
+    check_epoch_finite(
+        model,
+        {"the training loss": stats.loss, "the validation loss": result.loss},
+        context,
+        epoch=epoch + 1,
+        steps=len(prepared.train_loader),
+        optimizer=prepared.optimizer,
+        clip_grad_norm=config.clip_grad_norm,
+    )
     records = prepared.records
     records.append(
         {
