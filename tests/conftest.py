@@ -85,3 +85,15 @@ def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("BACKBONES_CACHE", str(ours))
     yield {"HF_HUB_CACHE": str(hf_cache), "TORCH_HOME": str(torch_home), "BACKBONES_CACHE": str(ours)}
     torch.hub.set_dir(previous)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small blue/red image folders for fine-tuning: 4 training and 2 validation images a class."""
+    from .image_folders import make_image_folder
+
+    root = tmp_path_factory.mktemp("images")
+    return {
+        "train": make_image_folder(root / "train", per_class=4),
+        "val": make_image_folder(root / "val", per_class=2, seed=1),
+    }

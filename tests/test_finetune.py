@@ -56,15 +56,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("images")
-    return {
-        "train": make_image_folder(root / "train", per_class=4),
-        "val": make_image_folder(root / "val", per_class=2, seed=1),
-    }
-
-
-@pytest.fixture(scope="module")
 def torchrun_run(folders, tmp_path_factory) -> Path:
     """One 2-process torchrun fine-tune: batch 4 per process on 8 training images, i.e. one step of 8."""
     out = tmp_path_factory.mktemp("torchrun") / "model"

@@ -25,20 +25,10 @@ from backbones.apps.finetune.optim import build_schedule
 from backbones.apps.finetune.output import METRICS_NAME, write_metrics
 
 from .helpers import REPO_ROOT, run_cli
-from .image_folders import make_image_folder
 
 pytestmark = pytest.mark.xdist_group("finetune")
 
 TINY = ["--image-size", "32", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("images")
-    return {
-        "train": make_image_folder(root / "train", per_class=4),
-        "val": make_image_folder(root / "val", per_class=2, seed=1),
-    }
 
 
 def _one_line_error(done) -> str:
