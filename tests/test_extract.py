@@ -262,12 +262,18 @@ def test_an_empty_folder_is_one_clear_error(tmp_path: Path, model_dir: Path, cap
     _assert_one_line_error(code, err, "no images in", "empty")
 
 
-def test_an_unreadable_image_is_named_or_skipped_and_listed(
-    image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def _copy_with_a_bad_image(image_folder: Path, tmp_path: Path) -> Path:
+    """A copy of ``image_folder`` in which ``cat/4.png`` is not an image."""
     data = tmp_path / "data"
     shutil.copytree(image_folder, data)
     (data / "cat" / "4.png").write_bytes(b"not a png")
+    return data
+
+
+def test_an_unreadable_image_is_named_or_skipped_and_listed(
+    image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = _copy_with_a_bad_image(image_folder, tmp_path)
     args = [str(model_dir), "--data", str(data), "--workers", "1", *COMMON_ARGS]
     code, _, err = _cli(capsys, *args, "--out", str(tmp_path / "stop"))
     _assert_one_line_error(code, err, "cat/4.png", "--skip-bad-images")
@@ -284,9 +290,7 @@ def test_an_unreadable_image_is_named_or_skipped_and_listed(
 def test_following_the_bad_image_hint_in_the_same_folder_works(
     image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(image_folder, data)
-    (data / "cat" / "4.png").write_bytes(b"not a png")
+    data = _copy_with_a_bad_image(image_folder, tmp_path)
     args = [str(model_dir), "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "0", *COMMON_ARGS]
     code, _, err = _cli(capsys, *args)
     _assert_one_line_error(code, err, "cat/4.png")
@@ -300,10 +304,8 @@ def test_following_the_bad_image_hint_in_the_same_folder_works(
 def test_a_run_without_skip_bad_images_redoes_the_shards_that_left_images_out(
     image_folder: Path, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    data = tmp_path / "data"
-    shutil.copytree(image_folder, data)
-    good = (data / "cat" / "4.png").read_bytes()
-    (data / "cat" / "4.png").write_bytes(b"not a png")
+    good = (image_folder / "cat" / "4.png").read_bytes()
+    data = _copy_with_a_bad_image(image_folder, tmp_path)
     args = [str(model_dir), "--data", str(data), "--workers", "0", *COMMON_ARGS]
     assert _cli(capsys, *args, "--out", str(tmp_path / "out"), "--skip-bad-images")[0] == 0
     code, _, err = _cli(capsys, *args, "--out", str(tmp_path / "out"))  # as an uninterrupted run would, it stops
