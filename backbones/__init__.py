@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from backbones.hub.loading import WeightsMismatchError as WeightsMismatchError
     from backbones.hub.manifest import register_weights as register_weights
     from backbones.models.backbone import Backbone as Backbone
+    from backbones.models.detection import detector as detector
+    from backbones.models.detection import save_detector as save_detector
     from backbones.models.extractor import FeatureExtractor as FeatureExtractor
     from backbones.models.factory import create_model as create_model
     from backbones.models.factory import list_models as list_models
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from backbones.models.vgg import VGG as VGG
     from backbones.runtime.export import ExportError as ExportError
     from backbones.runtime.export import export as export
+    from backbones.runtime.export import load_exported as load_exported
     from backbones.runtime.optimize import OptimizedModel as OptimizedModel
     from backbones.runtime.optimize import optimize as optimize
 

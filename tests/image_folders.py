@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,3 +36,48 @@ def write_corrupt_image(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
     return path
+
+
+def write_declared_png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` 1-bit pixels, with no pixel data: what a
+    decompression bomb shows the size check, written in microseconds whatever the size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@contextlib.contextmanager
+def watched_fifo(path: Path) -> Iterator[threading.Event]:
+    """A FIFO at ``path``, and an event set when anything opens it for reading.
+
+    A watcher keeps trying to open the write end without blocking, which succeeds only while a
+    reader has it open; it then closes it, so that the reader sees end-of-file at once: a test of
+    "never opened" fails in a fraction of a second instead of hanging.
+    """
+    os.mkfifo(path)
+    opened, stop = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.01):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: no reader
+                continue
+            opened.set()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        watcher.join(timeout=5)

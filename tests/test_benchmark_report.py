@@ -101,3 +101,56 @@ def test_batch_8_is_the_plotted_batch_when_it_was_run() -> None:
 def test_every_variant_gets_its_own_colour() -> None:
     for count in (len(VARIANTS), 20, 23):
         assert len(set(variant_colours(count))) == count
+
+
+def _report(tmp_path: Path, medians: dict[tuple[str, str], float], batches: tuple[int, ...]) -> str:
+    """The package report of made-up medians, {(workload, variant): seconds}."""
+    measurements = [
+        Measurement(workload, variant, int(workload.split(" batch ")[1].split()[0]), [median] * 3)
+        for (workload, variant), median in medians.items()
+    ]
+    config = BenchmarkConfig(models=("resnet50",), batches=batches, compile_batches=(), fpn_sizes=())
+    write_report({"measurements": measurements, "environment": {"cpu": "test"}, "config": config}, tmp_path / "R.md")
+    return (tmp_path / "R.md").read_text()
+
+
+def test_the_engines_table_sets_our_fastest_against_the_fastest_peer_of_each_precision(tmp_path: Path) -> None:
+    workload = "resnet50 batch 8 224x224"
+    medians = {
+        BASELINE: 1.0,
+        "OpenVINO f32": 0.6,
+        "onnxruntime fp32": 0.5,
+        "ours optimized fp32": 0.55,
+        "ours auto fp32": 0.5,
+        "OpenVINO NNCF int8": 0.2,
+        "onnxruntime int8": 0.3,
+        "ours int8": 0.25,
+    }
+    report = _report(tmp_path, {(workload, v): m for v, m in medians.items()}, (8,))
+    images = {v: 8 / m for v, m in medians.items()}
+    fp32 = (
+        f"| {workload} | fp32 | onnxruntime fp32 ({images['onnxruntime fp32']:.1f}) | "
+        f"ours optimized fp32 ({images['ours optimized fp32']:.1f}) | {0.5 / 0.55:.2f} | "
+        f"ours auto fp32 ({images['ours auto fp32']:.1f}) | 1.00 |"
+    )
+    int8 = (
+        f"| {workload} | int8 | OpenVINO NNCF int8 ({images['OpenVINO NNCF int8']:.1f}) | "
+        f"ours int8 ({images['ours int8']:.1f}) | {0.2 / 0.25:.2f} | not run |  |"
+    )
+    assert fp32 in report and int8 in report
+    assert f"| {workload} | ours int8 | OpenVINO NNCF int8 | {0.2 / 0.25:.2f} |" in report
+    for variant in ("OpenVINO f32", "OpenVINO NNCF int8", "onnxruntime fp32"):
+        assert f"| {variant} | {medians[variant] * 1e3:.1f} |" in report
+
+
+def test_a_run_without_int8_has_no_int8_section_and_no_rows_for_variants_not_timed(tmp_path: Path) -> None:
+    medians = {
+        ("resnet50 batch 1 224x224", BASELINE): 0.1,
+        ("resnet50 batch 8 224x224", BASELINE): 0.5,
+        ("resnet50 batch 8 224x224", "ours optimized fp32"): 0.25,
+    }
+    report = _report(tmp_path, medians, (1, 8))
+    assert "## int8" not in report and "(issue 15)" not in report
+    assert "| resnet50 | ours optimized fp32 | not run | 32.0 |" in report
+    assert "ours optimized bf16" not in report  # not timed: no blank row
+    assert "\n\n\n" not in report

@@ -81,7 +81,7 @@ def test_summary_prints_the_layer_table() -> None:
 
 
 def test_summary_json_gives_the_rows_as_data() -> None:
-    rows = json.loads(run_cli("summary", "resnet18", "--depth", "0", "--json").stdout)
+    rows = json.loads(run_cli("summary", "resnet18", "--depth", "0", "--json").stdout)["rows"]
     assert rows[0]["name"] == "conv1" and rows[0]["output_shape"] == [1, 64, 112, 112]
 
 

@@ -83,7 +83,7 @@ def test_output_piped_to_a_reader_that_stops_ends_quietly() -> None:
         stderr=subprocess.PIPE,
     )
     assert process.stdout is not None and process.stderr is not None
-    assert process.stdout.readline().strip() == b"["
+    assert process.stdout.readline().strip() == b"{"
     process.stdout.close()
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141  # 128 + SIGPIPE, as `yes | head` reports

@@ -71,7 +71,7 @@ def test_a_new_head_drops_the_weights_class_names_and_claims(resnet18_state, hub
         (10, model.save_pretrained(tmp_path / "ten")),
         (7, imagenet.save_pretrained(tmp_path / "seven")),
     ):
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads((folder / "config.json").read_text())["backbones"]
         assert config["model_kwargs"]["num_classes"] == config["pretrained_cfg"]["num_classes"] == head
         assert config["pretrained_cfg"]["class_names"] is None
         card = (folder / "README.md").read_text()

@@ -467,7 +467,7 @@ def test_int8_onnx_export_runs_in_onnxruntime_close_to_fp32(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("format", "options", "message"),
     [
-        ("pt2", {"calibration": torch.randn(2, 3, 32, 32)}, "ONNX only"),
+        ("pt2", {"calibration": torch.randn(2, 3, 32, 32)}, "ONNX or OpenVINO files only"),
         ("onnx", {}, "needs calibration"),
     ],
     ids=["pt2", "no-calibration"],

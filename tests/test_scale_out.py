@@ -9,22 +9,28 @@ several commands runs them in one process group (a job script that calls the CLI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import backbones
 from backbones.apps.extract.store import INDEX_NAME, MANIFEST_NAME, shard_path
+from backbones.apps.finetune.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 
-from .helpers import REPO_ROOT
+from .helpers import REPO_ROOT, run_cli
 from .image_folders import make_image_folder
+from .test_extract import one_thread
 
 # One xdist worker runs them all: the module's runs then happen once.
 pytestmark = pytest.mark.xdist_group("scale-out")
@@ -33,10 +39,12 @@ LIMIT = 180  # hard limit of any one launcher, in seconds
 ENDPOINT = "host0:29500"
 
 # The job script: the CLI commands of argv[1] (JSON) in turn, in one process group when there are
-# several. Test hooks, read only here: DIE_LOCAL_RANK (this launcher's worker that dies by SIGKILL on
-# the first attempt, after its epoch-1 checkpoint; it writes its rank and the time to DIED first),
-# DIE_IN_EXTRACT (on the second attempt, after its first shard), SHARD_LOG (attempt and shard of
-# every shard written).
+# several. Test hooks, read only here. DIED (a file) makes a run faulty: every process meets at a
+# barrier after the epoch-1 checkpoint on the first attempt (so rank 0 has committed it), and there
+# this launcher's worker DIE_LOCAL_RANK writes its rank and the time to DIED and dies by SIGKILL.
+# DIE_IN_EXTRACT: the same on the second attempt once every process has written its first shard,
+# the others then waiting to be stopped (the attempt completes exactly those). SHARD_LOG: attempt and
+# shard of every shard written.
 JOB = r"""
 import json, os, signal, sys, time
 import torch.distributed as dist
@@ -45,27 +53,33 @@ import backbones.apps.finetune.run as run
 from backbones.apps.cli.main import main
 
 attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
-dies = os.environ.get("LOCAL_RANK") == os.environ.get("DIE_LOCAL_RANK")
+faulty = "DIED" in os.environ
+dies = faulty and os.environ.get("LOCAL_RANK") == os.environ.get("DIE_LOCAL_RANK")
+written = []
 
-def die():
-    with open(os.environ["DIED"], "w") as died:
-        died.write(f"{os.environ['RANK']} {time.time()}")
-    os.kill(os.getpid(), signal.SIGKILL)
+def fault():
+    dist.barrier()
+    if dies:
+        with open(os.environ["DIED"], "w") as died:
+            died.write(f"{os.environ['RANK']} {time.time()}")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 save_checkpoint, write_shard = run.save_checkpoint, runner.write_shard
 
 def save_then_die(folder, epoch, *args, **kwargs):
     save_checkpoint(folder, epoch, *args, **kwargs)
-    if dies and attempt == 0 and epoch == 1:
-        die()
+    if faulty and attempt == 0 and epoch == 1:
+        fault()
 
 def write_then_die(out, shard, *args, **kwargs):
     path = write_shard(out, shard, *args, **kwargs)
+    written.append(shard)
     if os.environ.get("SHARD_LOG"):
         with open(os.environ["SHARD_LOG"], "a") as log:
             log.write(f"{attempt} {shard}\n")
-    if dies and attempt == 1 and os.environ.get("DIE_IN_EXTRACT"):
-        die()
+    if faulty and attempt == 1 and os.environ.get("DIE_IN_EXTRACT") and len(written) == 1:
+        fault()
+        time.sleep(600)
     return path
 
 run.save_checkpoint, runner.write_shard = save_then_die, write_then_die
@@ -95,22 +109,30 @@ def _readme_commands() -> list[list[str]]:
     return [shlex.split(line) for line in lines]
 
 
-def _launcher(command: list[str], *, port: int, node_rank: int | None = None) -> list[str]:
-    """A README ``torchrun`` command as this interpreter runs it, on 127.0.0.1:``port``."""
+def _launcher(
+    command: list[str], *, port: int, node_rank: int | None = None, job: list[str] | None = None, extra: tuple = ()
+) -> list[str]:
+    """A README ``torchrun`` command as this interpreter runs it, on 127.0.0.1:``port``.
+
+    ``job``: the job script and its argument in place of ``-m backbones ...``; ``extra``: more
+    launcher options (``--max-restarts 2``).
+    """
     args = [arg.replace(ENDPOINT, f"127.0.0.1:{port}") for arg in command[1:]]
     if node_rank is not None:
         args[args.index("--node-rank") + 1] = str(node_rank)
-    return [sys.executable, "-m", "torch.distributed.run", *args]
+    if job is not None:
+        args[args.index("-m") :] = job
+    return [sys.executable, "-m", "torch.distributed.run", *extra, *args]
 
 
-def _single_node(command: list[str], port: int, nproc: int, job_args: list[str]) -> list[str]:
+def _single_node(command: list[str], port: int, nproc: int, job: list[str], extra: tuple = ()) -> list[str]:
     """The README's launcher options for one launcher of ``nproc`` processes running the job script."""
     options = command[1 : command.index("-m")]
     node = options.index("--node-rank")
     del options[node : node + 2]
     options[options.index("--nnodes") + 1] = "1"
     options[options.index("--nproc-per-node") + 1] = str(nproc)
-    return _launcher(["torchrun", *options, *job_args], port=port)
+    return _launcher(["torchrun", *options, "-m"], port=port, job=job, extra=extra)
 
 
 def _cli_args(command: list[str]) -> list[str]:
@@ -118,36 +140,74 @@ def _cli_args(command: list[str]) -> list[str]:
     return command[command.index("backbones") + 1 :]
 
 
+def _job(workspace: Path, commands: list[list[str]]) -> list[str]:
+    """The job script's command line running the CLI ``commands`` in turn."""
+    return [str(workspace / "job.py"), json.dumps(commands)]
+
+
 def _env(**extra: str) -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1", **extra)
 
 
+@dataclass
+class _Launched:
+    """What a launcher did: its exit status, what it printed, and when it ended (``time.time()``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    ended: float
+
+
+def _wait_for_listener(port: int, process: subprocess.Popen) -> None:
+    # The store's host is the launcher that binds the endpoint first: on one machine, the one started alone.
+    deadline = time.monotonic() + LIMIT
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the first launcher never served 127.0.0.1:{port}")
+
+
 def _run_launchers(
-    commands: list[list[str]], cwd: Path, envs: list[dict[str, str]]
-) -> list[subprocess.CompletedProcess]:
-    """Start every launcher, wait for all (each within LIMIT seconds), return what each printed."""
-    started = [
-        subprocess.Popen(c, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for c, e in zip(commands, envs, strict=True)
-    ]
-    done = []
+    commands: list[list[str]], cwd: Path, envs: list[dict[str, str]], *, host_first: int | None = None
+) -> list[_Launched]:
+    """Start every launcher, wait for all (within LIMIT seconds), return what each did.
+
+    ``host_first``: the endpoint's port, when the first launcher must serve it before the others start.
+    """
+    logs = cwd / "launchers"
+    logs.mkdir(exist_ok=True)
+    started = []
     try:
-        for process in started:
-            out, err = process.communicate(timeout=LIMIT)
-            done.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+        for index, (command, env) in enumerate(zip(commands, envs, strict=True)):
+            with open(logs / f"{index}.out", "w") as out, open(logs / f"{index}.err", "w") as err:
+                started.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err))
+            if index == 0 and host_first is not None:
+                _wait_for_listener(host_first, started[0])
+        ended: dict[int, float] = {}
+        deadline = time.monotonic() + LIMIT
+        while len(ended) < len(started) and time.monotonic() < deadline:
+            ended.update((i, time.time()) for i, p in enumerate(started) if i not in ended and p.poll() is not None)
+            time.sleep(0.05)
+        assert len(ended) == len(started), f"a launcher ran past {LIMIT} s"
     finally:
         for process in started:
             if process.poll() is None:
                 process.kill()
-                process.communicate()
-    return done
+                process.wait()
+    return [
+        _Launched(p.returncode, (logs / f"{i}.out").read_text(), (logs / f"{i}.err").read_text(), ended[i])
+        for i, p in enumerate(started)
+    ]
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared folder: ``photos/`` (5 blue and 5 red images) and one subfolder per run linking to it."""
+    """The shared folder: ``photos/`` (5 blue and 5 red images), the job script, and one subfolder per run."""
     root = tmp_path_factory.mktemp("scale-out")
     make_image_folder(root / "photos", per_class=5)
+    (root / "job.py").write_text(JOB)
     return root
 
 
@@ -164,8 +224,7 @@ def one_launcher(workspace: Path) -> Path:
     """The reference: the README's fine-tune and extraction on one launcher of 2 processes, uninterrupted."""
     folder = _run_folder(workspace, "one-launcher")
     commands = _readme_commands()
-    job = [str(workspace / "job.py"), json.dumps([_cli_args(c) for c in commands])]
-    (workspace / "job.py").write_text(JOB)
+    job = _job(workspace, [_cli_args(c) for c in commands])
     (done,) = _run_launchers([_single_node(commands[0], _free_port(), 2, job)], folder, [_env()])
     assert done.returncode == 0, done.stderr[-3000:]
     return folder
@@ -181,6 +240,70 @@ def two_launchers(workspace: Path) -> Path:
         for done in _run_launchers(launchers, folder, [_env(), _env()]):
             assert done.returncode == 0, done.stderr[-3000:]
     return folder
+
+
+@dataclass
+class _Restarted:
+    """A run under ``torchrun --max-restarts 2`` whose worker was killed twice, and what it printed."""
+
+    folder: Path
+    launched: _Launched
+
+
+@pytest.fixture(scope="module")
+def restarted(workspace: Path) -> _Restarted:
+    """The README's fine-tune and extraction (no ``--resume``) on one launcher of 2 processes restarting twice.
+
+    Rank 1 is killed after the epoch-1 checkpoint on the first attempt, and after its first shard
+    on the second.
+    """
+    folder = _run_folder(workspace, "restarted")
+    commands = _readme_commands()
+    job = _job(workspace, [_cli_args(c) for c in commands])
+    launcher = _single_node(commands[0], _free_port(), 2, job, extra=("--max-restarts", "2"))
+    faults = {"DIED": str(folder / "died"), "DIE_LOCAL_RANK": "1", "DIE_IN_EXTRACT": "1"}
+    (done,) = _run_launchers([launcher], folder, [_env(**faults, SHARD_LOG=str(folder / "shards.log"))])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _Restarted(folder, done)
+
+
+TIMEOUT = 20  # --timeout of the run that loses a rank, in seconds
+
+
+@dataclass
+class _LostRank:
+    """A two-launcher fine-tune (no restarts) whose node-1 worker died after the epoch-1 checkpoint."""
+
+    folder: Path
+    survivor: _Launched
+    dead_rank: int
+    died_at: float
+
+
+@pytest.fixture(scope="module")
+def lost_rank(workspace: Path) -> _LostRank:
+    """The README's two-launcher fine-tune with ``--timeout 20``; node 0 serves the store, node 1's worker dies."""
+    folder = _run_folder(workspace, "lost-rank")
+    finetune = _readme_commands()[0]
+    job = _job(workspace, [[*_cli_args(finetune), "--timeout", str(TIMEOUT)]])
+    port = _free_port()
+    launchers = [_launcher(finetune, port=port, node_rank=rank, job=job) for rank in (0, 1)]
+    died = folder / "died"
+    envs = [_env(DIED=str(died)), _env(DIED=str(died), DIE_LOCAL_RANK="0")]
+    survivor, dead = _run_launchers(launchers, folder, envs, host_first=port)
+    assert dead.returncode != 0 and died.exists(), dead.stderr[-3000:]
+    rank, died_at = died.read_text().split()
+    return _LostRank(folder, survivor, int(rank), float(died_at))
+
+
+@pytest.fixture(scope="module")
+def resumed(workspace: Path, lost_rank: _LostRank) -> _Launched:
+    """``finetune --resume`` of the lost-rank run on one launcher of 2 processes (issue 32's crashing resume)."""
+    finetune = _readme_commands()[0]
+    job = _job(workspace, [[*_cli_args(finetune), "--resume"]])
+    (done,) = _run_launchers([_single_node(finetune, _free_port(), 2, job)], lost_rank.folder, [_env()])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -212,3 +335,84 @@ def test_two_launchers_extract_the_shards_one_launcher_of_two_processes_writes(
     manifest = json.loads((two_launchers / "features" / MANIFEST_NAME).read_text())
     assert manifest["complete"] and manifest["shards"] == 3 and manifest["images"] == 10
     _assert_same_shards(two_launchers / "features", one_launcher / "features")
+
+
+def test_a_group_torchrun_restarts_resumes_the_fine_tune_by_itself_and_ends_with_the_uninterrupted_weights(
+    one_launcher: Path, restarted: _Restarted
+) -> None:
+    assert (restarted.folder / "died").exists()  # the kill happened
+    assert "torchrun restarted the group: resuming runs/photos after epoch 1 of 2" in restarted.launched.stdout
+    reference = load_file(one_launcher / "runs/photos/model.safetensors")
+    assert _max_difference(load_file(restarted.folder / "runs/photos/model.safetensors"), reference) <= 1e-6
+
+
+def test_a_restarted_extraction_redoes_only_the_shards_the_killed_attempt_left_unfinished(
+    one_launcher: Path, restarted: _Restarted
+) -> None:
+    log = [tuple(map(int, line.split())) for line in (restarted.folder / "shards.log").read_text().splitlines()]
+    # The second attempt completed each process's first shard (0 and 1) and was killed; the third did shard 2.
+    assert sorted(log) == [(1, 0), (1, 1), (2, 2)]
+    _assert_same_shards(restarted.folder / "features", one_launcher / "features")
+
+
+def test_without_restarts_a_lost_rank_stops_the_others_within_the_timeout_naming_it(lost_rank: _LostRank) -> None:
+    survivor = lost_rank.survivor
+    assert survivor.returncode != 0
+    assert survivor.ended - lost_rank.died_at < TIMEOUT
+    # What the worker printed comes before torchrun's own report of its failure (a traceback of torchrun's).
+    printed = survivor.stderr.split("failed (exitcode")[0].splitlines()[:-1]
+    errors = [line for line in printed if line.startswith("backbones finetune: error:")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in printed), survivor.stderr[-3000:]
+    assert f"rank {lost_rank.dead_rank} of 2 is gone" in errors[0] and "--resume" in errors[0], errors[0]
+
+
+def test_a_lost_rank_leaves_only_the_complete_epoch_1_checkpoint(lost_rank: _LostRank) -> None:
+    run = lost_rank.folder / "runs/photos"
+    assert latest_checkpoint(run) == 1
+    # No temporary (".epoch-0002.state.pt.ab12cd34.tmp") and nothing of epoch 2.
+    assert all(p.name.startswith("epoch-0001.") for p in (run / CHECKPOINT_DIR).iterdir())
+    assert not (run / "model.safetensors").exists()  # no final model of an unfinished run
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_a_two_process_resume_after_a_lost_rank_ends_with_the_uninterrupted_weights(
+    one_launcher: Path, lost_rank: _LostRank, resumed: _Launched
+) -> None:
+    assert "resuming runs/photos after epoch 1 of 2" in resumed.stdout
+    reference = load_file(one_launcher / "runs/photos/model.safetensors")
+    assert _max_difference(load_file(lost_rank.folder / "runs/photos/model.safetensors"), reference) <= 1e-6
+
+
+# 7 images (4 blue, 3 red) on 4 processes: 2 shards of 4 and 3 images, so ranks 2 and 3 extract none.
+_SEVEN = ["--data", "seven/", "--image-size", "32"]
+_EXTRACT_SEVEN = ["extract", "resnet18", "--pretrained", "none", *_SEVEN, "--shard-size", "4", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def uneven(workspace: Path) -> Path:
+    """The extraction of 7 images and a 1-epoch fine-tune on them, in one group of 4 processes."""
+    folder = workspace / "uneven"
+    make_image_folder(folder / "seven", per_class=4)
+    (folder / "seven/red/3.png").unlink()
+    commands = [
+        [*_EXTRACT_SEVEN, "--out", "features/"],
+        ["finetune", "resnet18", *_SEVEN, "--out", "runs/seven", "--batch-size", "1", "--epochs", "1"],
+    ]
+    launcher = _single_node(_readme_commands()[0], _free_port(), 4, _job(workspace, commands))
+    (done,) = _run_launchers([launcher], folder, [_env()])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def test_seven_images_on_four_processes_extract_every_row_once_as_one_process_does(uneven: Path) -> None:
+    with one_thread():  # as the workers run
+        assert run_cli([*_EXTRACT_SEVEN, "--out", "alone/", "--quiet"], cwd=uneven).returncode == 0
+    images = sorted(str(path.relative_to(uneven / "seven")) for path in (uneven / "seven").rglob("*.png"))
+    assert sorted(backbones.load_features(uneven / "features").paths) == images  # each once
+    _assert_same_shards(uneven / "features", uneven / "alone")
+
+
+def test_a_fine_tune_whose_data_does_not_divide_by_the_processes_completes(uneven: Path) -> None:
+    records = [json.loads(line) for line in (uneven / "runs/seven/metrics.jsonl").read_text().splitlines()]
+    assert [r["processes"] for r in records] == [4]
+    assert (uneven / "runs/seven/model.safetensors").exists()

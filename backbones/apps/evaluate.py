@@ -14,7 +14,10 @@ from backbones.core.files import atomic_path
 from backbones.data.datasets import open_dataset
 from backbones.data.loaders import make_loader
 
-__all__ = ["evaluate_model", "load_trained_model", "save_confusion_picture"]
+__all__ = ["PICTURE_FORMATS", "evaluate_model", "load_trained_model", "picture_format", "save_confusion_picture"]
+
+# The confusion picture's format follows its suffix: these are the ones matplotlib writes without extras.
+PICTURE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
 def load_trained_model(model: str | Path | nn.Module, pretrained: bool | str | Path | None = None) -> nn.Module:
@@ -23,6 +26,25 @@ def load_trained_model(model: str | Path | nn.Module, pretrained: bool | str | P
     from backbones.models.reference import resolve_model
 
     return resolve_model(model, pretrained, default=True).build(progress=False)
+
+
+def picture_format(path: str | Path) -> str:
+    """The format the confusion picture ``path`` asks for by its suffix (``"png"``, ``"svg"`` or ``"pdf"``).
+
+    Raises:
+        ValueError: Another suffix (a ``.txt`` would be given PNG bytes), or ``path`` is a folder.
+    """
+    path = Path(path)
+    known = ", ".join(PICTURE_FORMATS)
+    if path.is_dir():
+        raise ValueError(f"cannot write the confusion matrix to {path}: it is a folder; give a file ending in {known}")
+    suffix = path.suffix.lower()
+    if suffix not in PICTURE_FORMATS:
+        raise ValueError(
+            f"cannot write the confusion matrix to {path}: no picture format has the suffix "
+            f"{suffix or '(none)'!r}; give a file ending in {known}"
+        )
+    return PICTURE_FORMATS[suffix]
 
 
 def _check_classes(model: nn.Module, classes: list[str]) -> None:
@@ -51,6 +73,7 @@ def evaluate_model(
     workers: int = 0,
     skip_bad_images: bool = False,
     picture: str | Path | None = "confusion.png",
+    device: str | None = "cpu",
 ) -> dict[str, Any]:
     """Score a model on ``data`` with the preprocessing it was trained with.
 
@@ -68,7 +91,9 @@ def evaluate_model(
         seed: With ``split`` train/val: the split's seed (as in training).
         workers: DataLoader workers.
         skip_bad_images: Skip unreadable images instead of failing.
-        picture: Where to write the confusion-matrix PNG (``None``: no picture).
+        picture: Where to write the confusion-matrix picture, in the format its suffix says
+            (:data:`PICTURE_FORMATS`: ``.png``, ``.svg``, ``.pdf``; ``None``: no picture).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (``None``: CUDA when available).
 
     Returns:
         ``{"top1", "top5", "loss", "images", "split", "data", "confusion" (list of lists), "picture"}``.
@@ -78,6 +103,8 @@ def evaluate_model(
         >>> round(report["top1"], 3)
         0.986
     """
+    if picture is not None:
+        picture_format(picture)  # before any work: a wrong suffix would otherwise fail only at the end
     split = split or ("val" if str(data) == "digits" else "all")
     network = load_trained_model(model, pretrained).eval()
     size = image_size or int(network.pretrained_cfg["input_size"][-1])
@@ -94,7 +121,7 @@ def evaluate_model(
     if not dataset.classes:
         raise ValueError(f"{data} has no class subfolders, so there is nothing to score against")
     _check_classes(network, dataset.classes)
-    with distributed_session(device="cpu") as context:
+    with distributed_session(device=device) as context:
         loader = make_loader(dataset, batch_size, training=False, workers=workers)
         result = evaluate(network.to(context.device), loader, context, len(dataset.classes))
         written = None
@@ -113,11 +140,13 @@ def evaluate_model(
 
 
 def save_confusion_picture(path: str | Path, confusion: Tensor, classes: list[str]) -> Path:
-    """Draw the confusion matrix (rows: true class, columns: predicted) with counts, as a PNG.
+    """Draw the confusion matrix (rows: true class, columns: predicted) with counts, as a PNG, SVG or PDF.
 
     Raises:
+        ValueError: ``path``'s suffix is none of :data:`PICTURE_FORMATS`.
         ImportError: matplotlib is missing.
     """
+    image_format = picture_format(path)
     try:
         import matplotlib
 
@@ -143,6 +172,6 @@ def save_confusion_picture(path: str | Path, confusion: Tensor, classes: list[st
     axis.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (top-1 {100 * accuracy:.2f}%)")
     figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+        figure.savefig(tmp, format=image_format, dpi=100)
     plt.close(figure)
     return path

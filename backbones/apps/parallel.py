@@ -160,7 +160,9 @@ def distributed_session(
     """Join torchrun's process group (or run alone), and always leave it cleanly.
 
     Args:
-        device: ``"cpu"`` or ``"cuda"``; default CUDA when available. CPU uses gloo, CUDA nccl.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (one process only: under torchrun each
+            process takes the GPU of its ``LOCAL_RANK``); default CUDA when available. CPU uses
+            gloo, CUDA nccl.
         timeout: Seconds a process waits for the others (start-up, every collective) before it
             stops with an error; default :data:`DEFAULT_TIMEOUT`.
         recovery: What to do when a rank is lost (the end of :class:`RankLostError`'s message).
@@ -179,13 +181,18 @@ def distributed_session(
     timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
     if not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds above 0, got {timeout}")
-    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    kind, _, index = (device or ("cuda" if torch.cuda.is_available() else "cpu")).partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no GPU; use device 'cpu'")
+    if index and _launched_by_torchrun():
+        raise ValueError(
+            f"device {device!r}: under torchrun each process takes the GPU of its LOCAL_RANK; "
+            "use device 'cuda' (and CUDA_VISIBLE_DEVICES to choose the GPUs)"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    torch_device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
+    torch_device = torch.device("cuda", int(index or local_rank)) if kind == "cuda" else torch.device("cpu")
     if kind == "cuda":
         torch.cuda.set_device(torch_device)
     owned = False

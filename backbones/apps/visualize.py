@@ -100,21 +100,40 @@ def feature_picture(image: Tensor, features: Mapping[str, Tensor], strides: Sequ
     caption = 16
     tiles: list[tuple[str, Tensor]] = [("input", image)]
     for (name, fmap), stride in zip(features.items(), strides, strict=True):
-        label = f"{name} {fmap.shape[0]}ch /{stride} {fmap.shape[1]}x{fmap.shape[2]}"
+        label = f"{name}  |  {fmap.shape[0]} ch  |  stride {stride}  |  {fmap.shape[1]}x{fmap.shape[2]}"
         tiles.append((label, _colourise(_activation_map(fmap)).permute(2, 0, 1).float() / 255))
     width = max(1, round(tile * image.shape[2] / image.shape[1]))
     columns = min(len(tiles), 3)
     rows = -(-len(tiles) // columns)
     canvas = image_module.new("RGB", (columns * width, rows * (tile + caption)), "white")
     draw = draw_module.Draw(canvas)
+    font = _caption_font(draw, [label for label, _ in tiles], width - 8, caption)
     for index, (label, picture) in enumerate(tiles):
         resized = torch.nn.functional.interpolate(picture[None], size=(tile, width), mode="nearest")[0]
         pixels = (resized.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
         tile_image = image_module.frombytes("RGB", (width, tile), bytes(pixels.flatten().tolist()))
         x, y = (index % columns) * width, (index // columns) * (tile + caption)
         canvas.paste(tile_image, (x, y + caption))
-        draw.text((x + 4, y + 2), label, fill="black")
+        draw.text((x + 4, y + 2), label, fill="black", font=font)
     return canvas
+
+
+def _caption_font(draw: Any, labels: Sequence[str], width: int, height: int) -> Any:
+    """Pillow's scalable font at the largest size (up to 12) at which every caption fits its tile.
+
+    Pillow's older bitmap font, its default, draws a space one pixel wide, so that "layer1 64ch"
+    read "layer164ch"; the scalable one spaces words. Without FreeType, the bitmap font it is.
+    """
+    from PIL import ImageFont
+
+    try:
+        for size in range(min(12, height - 3), 5, -1):
+            font = ImageFont.load_default(size=size)
+            if max(draw.textlength(label, font=font) for label in labels) <= width:
+                return font
+        return font
+    except (ImportError, TypeError, OSError):  # Pillow without FreeType, or older than 10.1
+        return ImageFont.load_default()
 
 
 def save_feature_picture(

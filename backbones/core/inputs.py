@@ -69,6 +69,11 @@ def check_image_batch(x: Tensor, in_chans: int, min_size: int, weight: Tensor | 
             f"the input is on {x.device} but the model's weights are on {weight.device}; move the input with "
             f"x.to('{weight.device}') (or the model with model.to('{x.device}'))"
         )
+    if x.shape[1] != in_chans and x.shape[3] == in_chans:
+        raise ValueError(
+            f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); the batch looks "
+            f"channels-last (N, H, W, C): put the channels first with x.permute(0, 3, 1, 2)"
+        )
     if x.shape[1] != in_chans:
         raise ValueError(
             f"expected {in_chans} input channels, got {x.shape[1]} (input shape {list(x.shape)}); "

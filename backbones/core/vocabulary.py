@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "BACKENDS",
     "DTYPES",
     "ENGINES",
     "EXPORT_FORMATS",
@@ -30,10 +31,12 @@ __all__ = [
 
 # The precisions a network computes in, by the short names the CLI and the docs use.
 DTYPES = ("fp32", "bf16", "int8")
-# File formats ``export`` writes: ONNX, torch.export's program, TorchScript.
-EXPORT_FORMATS = ("onnx", "pt2", "torchscript")
-# Who runs an optimized network: torch's own kernels; "auto" picks among the installed ones.
-ENGINES = ("torch", "auto")
+# File formats ``export`` writes: ONNX, torch.export's program, TorchScript, OpenVINO's IR (.xml + .bin).
+EXPORT_FORMATS = ("onnx", "pt2", "torchscript", "openvino")
+# Who runs an optimized network: torch's own kernels, OpenVINO, onnxruntime (BACKENDS); "auto"
+# times the installed ones and keeps the fastest.
+BACKENDS = ("torch", "openvino", "onnxruntime")
+ENGINES = (*BACKENDS, "auto")
 
 # Other spellings of the same precision (torch dtypes arrive as their str(), e.g. "torch.bfloat16").
 _DTYPE_ALIASES = {

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from backbones.data.digits import DIGITS_CLASSES, DIGITS_DEFAULT_SIZE, load_digits_arrays, preprocess_digits
 from backbones.data.folders import FolderScan, scan_image_folder
-from backbones.data.images import MAX_IMAGE_PIXELS, BadImageError, decode_image
+from backbones.data.images import MAX_IMAGE_PIXELS, SKIP_HINT, BadImageError, decode_image
 from backbones.data.splits import stratified_split
 from backbones.data.transforms import resolve_pretrained_cfg, transforms_for
 
@@ -26,7 +26,6 @@ __all__ = ["BUILTIN_DATASETS", "SPLITS", "DigitsDataset", "ImageFolderDataset", 
 
 BUILTIN_DATASETS = ("digits",)
 SPLITS = ("train", "val", "all")
-_SKIP_HINT = "fix or remove it, or pass skip_bad_images=True to skip unreadable images"
 # Training shift of the digits, as a share of the image size: 1/8 is one original 8x8 pixel.
 _DIGITS_SHIFT_SHARE = 8
 
@@ -102,7 +101,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         relative, label = self.samples[index]
-        image = decode_image(self.root / relative, max_pixels=self.max_pixels, fix_hint=_SKIP_HINT)
+        image = decode_image(self.root / relative, max_pixels=self.max_pixels, fix_hint=SKIP_HINT)
         return self.transform(image), label
 
 

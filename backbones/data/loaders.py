@@ -9,7 +9,8 @@ process a strided share with no padding, so every sample is counted once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,7 @@ def make_loader(
     seed: int = 0,
     workers: int = 0,
     drop_last: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> DataLoader:
     """A DataLoader for this process: shuffled and sharded for training, sharded in order for evaluation.
 
@@ -57,6 +59,7 @@ def make_loader(
         seed: Seed of the shuffle and of the workers' random augmentation.
         workers: DataLoader worker processes (images are decoded there); 0 decodes in this process.
         drop_last: Override the default (``training``).
+        collate_fn: How samples make a batch (default: stacked; detection's targets are lists).
 
     Returns:
         The DataLoader.
@@ -95,6 +98,7 @@ def make_loader(
         generator=generator,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,  # workers restart each epoch, seeded from the epoch's generator
+        collate_fn=collate_fn,
     )
 
 

@@ -340,9 +340,9 @@ def fetch_url_file(url: str, *, sha256: str | None, what: str, progress: bool = 
     if not path.exists():
         if is_offline():
             raise WeightsUnavailableError(
-                f"{what}: {path.name} is not in the cache ({path.parent}) and {_OFFLINE}; pre-fetch it "
-                f"with `python -m backbones download {what}` where {urlparse(url).netloc} is reachable, or put "
-                f"the file from {url} there"
+                f"{what}: {path.name} is not in the cache and {_OFFLINE}; pre-fetch it with "
+                f"`python -m backbones download {what}` where {urlparse(url).netloc} is reachable, or put the file "
+                f"from {url} at {path}"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.time()
@@ -354,8 +354,8 @@ def fetch_url_file(url: str, *, sha256: str | None, what: str, progress: bool = 
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             raise WeightsUnavailableError(
-                f"{what}: downloading {url} failed ({err}); put the file there by hand, or {go_offline_hint()} "
-                f"when the file is cached"
+                f"{what}: downloading {url} failed ({err}); download it where {urlparse(url).netloc} is "
+                f"reachable and put it at {path}"
             ) from None
         remove_killed_attempts(path.parent, path.name, started)
     if sha256:

@@ -131,11 +131,29 @@ def read_state_dict(path: Path, what: str) -> dict[str, Tensor]:
         raise WeightsIntegrityError(
             f"{what}: cannot read {path} ({type(err).__name__}: {err}); the file is truncated or corrupt"
         ) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # training checkpoints wrap the weights
+    state = _unwrapped(state)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsFileError(f"{what}: {path} does not hold a state dict of tensors")
+        keys = f" (its keys: {', '.join(map(repr, list(state)[:8]))})" if isinstance(state, dict) else ""
+        raise WeightsFileError(
+            f"{what}: {path} does not hold a state dict of tensors{keys}; save model.state_dict() alone, or "
+            f"under one of the keys {', '.join(map(repr, _CHECKPOINT_KEYS))}"
+        )
     return dict(state)
+
+
+# Where training checkpoints keep the weights: Lightning and most scripts "state_dict", torchvision's
+# reference scripts "model", PyTorch's tutorials "model_state_dict".
+_CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def _unwrapped(state: object) -> object:
+    """The state dict inside a training checkpoint (``{'model': sd, 'epoch': 3}``), else ``state``."""
+    if isinstance(state, dict) and not all(isinstance(v, Tensor) for v in state.values()):
+        for key in _CHECKPOINT_KEYS:
+            inner = state.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                return inner
+    return state
 
 
 def _fetch(spec: WeightSpec, progress: bool) -> Path:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from backbones.core.options import check_flags, check_model_options, check_out_indices
 from backbones.core.registry import ModelEntry, add_entry, get_model_entry, model_entries, split_model_name
 from backbones.hub.loading import load_pretrained
-from backbones.hub.manifest import head_consistent_cfg, pretrained_cfg_for, weight_names
+from backbones.hub.manifest import class_names, head_consistent_cfg, pretrained_cfg_for, weight_names
 from backbones.hub.weight_source import WeightSource, resolve_weight_source
 
 __all__ = ["build_model", "create_model", "list_models", "list_pretrained", "register_model"]
@@ -110,9 +110,7 @@ def list_models(
         names = [n for n in list_pretrained() if split_model_name(n)[0] in archs]
     else:
         names = [e.name for e in entries]
-    if pattern is not None:
-        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
-    return sorted(names)
+    return sorted(_matching(names, pattern))
 
 
 def list_pretrained(pattern: str | None = None) -> list[str]:
@@ -121,15 +119,33 @@ def list_pretrained(pattern: str | None = None) -> list[str]:
     Raises:
         TypeError: ``pattern`` is not a string (or ``None``).
 
+    A pattern without a tag matches the tags of what it names, as timm's does: ``"resnet50"``
+    lists every ``resnet50.*``.
+
     Example:
-        >>> "resnet50.tv2_in1k" in list_pretrained("resnet50.*")
+        >>> "resnet50.tv2_in1k" in list_pretrained("resnet50")
         True
     """
     _check_pattern(pattern)
-    names = weight_names()
-    if pattern is not None:
-        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
-    return sorted(names)
+    return sorted(_matching(weight_names(), pattern))
+
+
+def _matching(names: Iterable[str], pattern: str | None) -> list[str]:
+    """``names`` that ``pattern`` matches; for an ``arch.tag`` name, a pattern without a tag
+    (``resnet50``) matches ``resnet50.*`` too."""
+    if pattern is None:
+        return list(names)
+    patterns = [pattern] if split_model_name(pattern)[1] else [pattern, f"{pattern}.*"]
+    return [n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)]
+
+
+def _imagenet_names_for_a_bare_file(cfg: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A weights file carries no class names: a 1000-class head is ImageNet's (torchvision's and
+    timm's checkpoints, the reference scripts' too), so it is named by ImageNet's classes rather
+    than by index."""
+    if kind != "file" or cfg.get("class_names") or cfg.get("num_classes") != len(class_names("imagenet-1k")):
+        return cfg
+    return {**cfg, "class_names": class_names("imagenet-1k")}
 
 
 def _check_pattern(pattern: Any) -> None:
@@ -245,7 +261,9 @@ def build_model(
     build_kwargs = {**policy, **weights.model_kwargs, **kwargs}
     model = entry.builder(**build_kwargs)
     classes = getattr(model, "num_classes", None) if entry.kind == "classifier" else None
-    model.pretrained_cfg = head_consistent_cfg(pretrained_cfg_for(entry, weights.spec), classes)
+    model.pretrained_cfg = _imagenet_names_for_a_bare_file(
+        head_consistent_cfg(pretrained_cfg_for(entry, weights.spec), classes), weights.kind
+    )
     # What save_pretrained writes to config.json, so from_pretrained can rebuild the same network.
     model.model_config = {"architecture": arch, **build_kwargs}
     load_pretrained(model, weights, progress=progress, reinit_head=reinit_head)

@@ -53,6 +53,7 @@ def model_config_json(model: nn.Module) -> dict[str, Any]:
     """
     from backbones.core.version import __version__
     from backbones.hub.manifest import head_consistent_cfg
+    from backbones.hub.timm_config import timm_crop_pct
 
     config = getattr(model, "model_config", None)
     if not config:
@@ -65,6 +66,9 @@ def model_config_json(model: nn.Module) -> dict[str, Any]:
     if hasattr(model, "num_classes"):
         options["num_classes"] = model.num_classes  # reset_classifier changes it after building
     cfg = head_consistent_cfg(dict(getattr(model, "pretrained_cfg", {})), getattr(model, "num_classes", None))
+    if cfg.get("crop_size") and cfg.get("resize_size"):
+        # A fine-tune at another size changes the resize and crop: the ratio must say the same.
+        cfg["crop_pct"] = timm_crop_pct(cfg["crop_size"], cfg["resize_size"])
     return {
         "architecture": config["architecture"],
         "model_kwargs": {k: _json_ready(v, k) for k, v in options.items()},
@@ -93,9 +97,11 @@ def load_config(repo_id_or_dir: str | Path, *, revision: str | None = None, **hu
         ValueError: The file is not JSON, is nested deeper than the JSON parser goes, is not an
             object, or holds something a config may not.
     """
+    from backbones.hub.timm_config import read_layout
+
     path = _resolve(repo_id_or_dir, CONFIG_NAME, revision, progress=False, **hub_options)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_layout(json.loads(path.read_text(encoding="utf-8")), str(path))
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
     except RecursionError:  # lists in lists, thousands deep: what no saved config holds
@@ -260,12 +266,26 @@ def from_pretrained(
     model = create_model(config["architecture"], **kwargs)
     if config.get("pretrained_cfg"):
         model.pretrained_cfg = head_consistent_cfg(config["pretrained_cfg"], getattr(model, "num_classes", None))
-    weights = _resolve(repo_id_or_dir, WEIGHTS_NAME, revision, progress, **hub_options)
+    weights = _weights_of(repo_id_or_dir, config, revision, progress, **hub_options)
     if hub_options == {} and config.get("weights_sha256"):  # a Hub file was verified against the Hub's digest
         _check_saved_weights(weights, config["weights_sha256"])
     state = load_local_state_dict(weights, config["architecture"])
     load_fitting_state_dict(model, state, what=str(repo_id_or_dir), reinit_head=reinit_head)
     return model
+
+
+def _weights_of(
+    repo_id_or_dir: str | Path, config: dict[str, Any], revision: str | None, progress: bool, **hub_options: Any
+) -> Path:
+    """The weights file of a saved model: ``model.safetensors``, or timm's ``pytorch_model.bin`` in a timm folder."""
+    from backbones.hub.timm_config import TIMM_WEIGHTS_NAME
+
+    folder = local_folder(repo_id_or_dir)
+    if config.get("library_name") == "timm" and folder is not None and not (folder / WEIGHTS_NAME).exists():
+        if (folder / TIMM_WEIGHTS_NAME).exists():
+            return folder / TIMM_WEIGHTS_NAME
+        raise FileNotFoundError(f"{folder} has neither {WEIGHTS_NAME} nor {TIMM_WEIGHTS_NAME} (timm's weights file)")
+    return _resolve(repo_id_or_dir, WEIGHTS_NAME, revision, progress, **hub_options)
 
 
 def _check_saved_weights(weights: Path, expected: str) -> None:
@@ -316,6 +336,7 @@ class HubMixin:
 
         from backbones.core.files import atomic_directory, save_safetensors_atomic
         from backbones.hub.integrity import file_sha256
+        from backbones.hub.timm_config import file_layout
 
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"save_pretrained needs a folder (a str or os.PathLike), got {save_directory!r}")
@@ -328,7 +349,8 @@ class HubMixin:
             save_safetensors_atomic(state, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
             # The weights' digest in the config: a loader can tell a damaged file, or weights from another save.
             config["weights_sha256"] = file_sha256(tmp / WEIGHTS_NAME)
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            on_disk = file_layout(config, num_features=getattr(self, "num_features", None), state_keys=state)
+            (tmp / CONFIG_NAME).write_text(json.dumps(on_disk, indent=2) + "\n", encoding="utf-8")
             if model_card:
                 from backbones.hub.model_card import render_model_card
 

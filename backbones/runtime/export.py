@@ -26,6 +26,7 @@ import torch.nn as nn
 from backbones.core.files import atomic_path
 from backbones.core.layers import FrozenBatchNorm2d
 from backbones.core.vocabulary import EXPORT_FORMATS, dtype_name
+from backbones.runtime.outputs import DTYPE_KEY, METADATA_KEY, EngineError, EngineModel, OutputStructure, first_line
 from backbones.runtime.torchscript_builtins import forget_replaced_operators
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "export",
     "export_dynamic_shapes",
     "export_program",
+    "load_exported",
     "max_opset",
     "min_dynamic_size",
     "output_names",
@@ -46,7 +48,7 @@ __all__ = [
 FORMATS = EXPORT_FORMATS
 # The precisions export writes: float32 files in every format, int8 QDQ as ONNX.
 EXPORT_DTYPES = ("fp32", "int8")
-_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript"}
+_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript", ".ts": "torchscript", ".xml": "openvino"}
 DEFAULT_OPSET = 18
 # The exporter (torch.onnx, dynamo=True) implements opset 18 upward: asked for less, it writes 18
 # anyway after a long warning; asked for more than onnx knows, it fails deep inside.
@@ -101,6 +103,8 @@ def check_destination(path: str | Path, format: str | None = None) -> tuple[Path
     if path.is_dir():
         raise ExportError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.onnx'}")
     format = _format_for(path, format)
+    if format == "openvino" and path.suffix.lower() != ".xml":
+        raise ExportError(f"an OpenVINO IR is an .xml file beside its .bin; give a name such as {path.stem}.xml")
     _check_writable(path)
     return path, format
 
@@ -123,6 +127,8 @@ def _check_writable(path: Path) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ExportError(f"cannot write {path}: it is a folder; give a file name such as {path / 'model.onnx'}")
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"cannot write {path}: {folder} is a file, not a folder; give a path inside a folder")
     if not folder.is_dir():
         raise ExportError(f"cannot write {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -277,8 +283,10 @@ def export(
     Args:
         model: Any backbones model (classifier, ``features_only`` extractor, FPN).
         path: The file to write.
-        format: ``"onnx"``, ``"pt2"`` (torch.export) or ``"torchscript"``; by default from the
-            suffix (``.onnx``, ``.pt2``, ``.pt``).
+        format: ``"onnx"``, ``"pt2"`` (torch.export), ``"torchscript"`` or ``"openvino"`` (the IR:
+            ``path`` is the ``.xml``, its weights go beside it as the ``.bin``; needs
+            ``pip install backbones[openvino]``); by default from the suffix (``.onnx``, ``.pt2``,
+            ``.pt``, ``.xml``). :func:`load_exported` runs ONNX and OpenVINO files.
         dynamic_batch: Let the batch size vary (ONNX and pt2).
         dynamic_size: Let height and width vary too (ONNX and pt2), from :func:`min_dynamic_size`
             up to 4096 pixels.
@@ -289,9 +297,10 @@ def export(
             graph optimizer (constant folding, redundant-op removal). Off by default: it doubles
             the export time, and onnxruntime optimizes the graph when it loads it anyway.
         check: Validate the ONNX file with ``onnx.checker`` after writing it.
-        dtype: ``"fp32"`` (also ``"float32"`` or ``torch.float32``), or ``"int8"`` (ONNX only): an
-            int8 QDQ file quantized by onnxruntime's own tools on the ``calibration`` batches, then
-            run once in onnxruntime to check it. See :mod:`backbones.runtime.onnx_int8`.
+        dtype: ``"fp32"`` (also ``"float32"`` or ``torch.float32``), or ``"int8"`` (ONNX and
+            OpenVINO): for ONNX an int8 QDQ file quantized by onnxruntime's own tools on the
+            ``calibration`` batches, then run once in onnxruntime to check it (see
+            :mod:`backbones.runtime.onnx_int8`); for OpenVINO an IR quantized by NNCF on them.
         calibration: For int8: batches of preprocessed images, as ``optimize(dtype="int8")`` takes
             (:func:`backbones.calibration_batches` makes them).
 
@@ -309,11 +318,13 @@ def export(
     path, format = check_destination(path, format)
     if format == "onnx":
         check_opset(opset)
-    if dtype == "int8":
+    if dtype == "int8" and format != "openvino":
         return _export_onnx_int8(
             model, path, format, calibration, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, opset=opset
         )
     network = _prepare(model, fold_norms=optimize)
+    if format == "openvino":
+        return _export_openvino(network, path, dtype, calibration, dynamic_batch, dynamic_size, example_input)
     if format == "torchscript":
         forget_replaced_operators()
         scripted = torch.jit.script(network)
@@ -329,8 +340,17 @@ def export(
         with atomic_path(path) as tmp, open(tmp, "wb") as file:
             torch.export.save(program, file)
     else:
-        program_to_onnx(program, path, output_names(network), opset=opset, optimize=optimize, check=check)
+        program_to_onnx(
+            program, path, output_names(network), opset=opset, optimize=optimize, check=check,
+            metadata=_structure_metadata(network, "fp32"),
+        )  # fmt: skip
     return path
+
+
+def _structure_metadata(network: nn.Module, dtype: str) -> dict[str, str]:
+    """What :func:`load_exported` reads back from an ONNX file: the output structure and the precision."""
+    structure = OutputStructure.from_names(output_names(network), getattr(network, "min_input_size", 1))
+    return {METADATA_KEY: structure.to_json(), DTYPE_KEY: dtype}
 
 
 def export_program(
@@ -356,8 +376,26 @@ def export_program(
     """
     x = example_input if example_input is not None else _example_input(model, batch=2)
     shapes = export_dynamic_shapes(model, dynamic_batch, dynamic_size)
+    if dynamic_size:
+        x = _at_least_dynamic_minimum(x, min_dynamic_size(model), given=example_input is not None)
     with _without_unreduced_inequality_warnings():
         return torch.export.export(model, (x,), dynamic_shapes=shapes)
+
+
+def _at_least_dynamic_minimum(x: torch.Tensor, low: int, given: bool) -> torch.Tensor:
+    """The example input for a dynamic-size export: torch.export refuses one below the range's minimum.
+
+    The default input (the model's own size, 32x32 for a model fine-tuned on small images) grows to
+    the minimum; an input the caller chose is refused in one line that names the size to pass.
+    """
+    if min(x.shape[-2:]) >= low:
+        return x
+    if given:
+        raise ExportError(
+            f"the example input is {x.shape[-2]}x{x.shape[-1]}, below the {low}x{low} a dynamic-size "
+            f"export starts at; pass an example_input of at least {low}x{low}"
+        )
+    return torch.randn(*x.shape[:-2], max(low, x.shape[-2]), max(low, x.shape[-1]))
 
 
 def program_to_onnx(
@@ -368,8 +406,11 @@ def program_to_onnx(
     opset: int = DEFAULT_OPSET,
     optimize: bool = False,
     check: bool = True,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Convert a torch.export program (e.g. a loaded ``.pt2``) to ONNX; its dynamic dimensions stay dynamic.
+
+    ``metadata`` goes into the file's ``metadata_props`` (what :func:`load_exported` reads).
 
     Raises:
         ExportError: onnx / onnxscript are not installed.
@@ -391,6 +432,7 @@ def program_to_onnx(
         )  # fmt: skip
     # Renamed in memory, then written once: VGG's file is half a gigabyte.
     _name_dynamic_axes(onnx_program.model)
+    onnx_program.model.metadata_props.update(metadata or {})
     with atomic_path(path) as tmp:
         onnx_program.save(str(tmp), external_data=False)
     if check:
@@ -453,7 +495,7 @@ def _export_onnx_int8(model: nn.Module, path: Path, format: str, calibration: An
 
     if format != "onnx":
         raise ExportError(
-            f"int8 export writes ONNX only, not {format}; "
+            f"int8 export writes ONNX or OpenVINO files only, not {format}; "
             "for int8 in PyTorch use backbones.optimize(model, dtype='int8')"
         )
     try:
@@ -467,6 +509,7 @@ def _export_onnx_int8(model: nn.Module, path: Path, format: str, calibration: An
         export(model, float_path, "onnx", optimize=True, check=False, example_input=example, **float_options)
         with atomic_path(path) as written:
             quantize_onnx(float_path, written, batches, INPUT_NAME)
+            _add_onnx_metadata(written, _structure_metadata(model, "int8"))
             with torch.no_grad():
                 expected = torch.utils._pytree.tree_flatten(copy.deepcopy(model).eval()(batches[0]))[0]
             outputs = run_onnx(written, batches[0])
@@ -474,3 +517,93 @@ def _export_onnx_int8(model: nn.Module, path: Path, format: str, calibration: An
             if [tuple(t.shape) for t in outputs] != shapes or not all(bool(t.isfinite().all()) for t in outputs):
                 raise ExportError(f"the int8 ONNX file did not run as the model does in onnxruntime (shapes {shapes})")
     return path
+
+
+def _add_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Set ``metadata`` in the ONNX file at ``path``, rewritten in place (an int8 file is small)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [prop for prop in proto.metadata_props if prop.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def _export_openvino(
+    network: nn.Module,
+    path: Path,
+    dtype: str,
+    calibration: Any,
+    dynamic_batch: bool,
+    dynamic_size: bool,
+    example_input: torch.Tensor | None,
+) -> Path:
+    """The OpenVINO IR of ``network`` (int8: quantized by NNCF on ``calibration``): ``path`` and its ``.bin``."""
+    import tempfile
+
+    from backbones.runtime.openvino_engine import convert, openvino_module, quantize_nncf
+    from backbones.runtime.quantize import calibration_tensors
+
+    in_chans, min_size = getattr(network, "in_chans", 3), getattr(network, "min_input_size", 1)
+    try:
+        ov = openvino_module()
+        batches = calibration_tensors(calibration, in_chans, min_size) if dtype == "int8" else None
+        example = example_input if example_input is not None else batches[0] if batches else _example_input(network, 2)
+        ov_model, _ = convert(network, example, dynamic_size=dynamic_size, dynamic_batch=dynamic_batch)
+        if batches:
+            ov_model = quantize_nncf(ov_model, batches)
+    except (EngineError, ValueError) as error:
+        raise ExportError(str(error)) from None
+    ov_model.set_rt_info(dtype, DTYPE_KEY.split("."))
+    # OpenVINO finds the .bin by the .xml's name: both are written under their final names in a
+    # hidden folder, then renamed into place, the .bin first, so a complete .xml means a complete pair.
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as work,
+        atomic_path(path) as xml_tmp,
+        atomic_path(path.with_suffix(".bin")) as bin_tmp,
+    ):
+        ov.save_model(ov_model, str(Path(work) / "model.xml"), compress_to_fp16=False)  # fp32 weights stay fp32
+        os.replace(Path(work) / "model.bin", bin_tmp)
+        os.replace(Path(work) / "model.xml", xml_tmp)
+    return path
+
+
+def load_exported(path: str | Path, *, threads: int | None = None) -> EngineModel:
+    """Run an exported ONNX file (in onnxruntime) or OpenVINO IR (in OpenVINO), outputs in the model's structure.
+
+    The result is called like the model: a float batch in, torch tensors out (logits, or the
+    OrderedDict of an extractor or FPN, as the file records; a file written elsewhere is read by
+    its output names: a lone ``logits`` is a tensor).
+
+    Args:
+        path: A ``.onnx`` file, or the ``.xml`` of an IR (its ``.bin`` beside it).
+        threads: Threads the engine uses; by default ``torch.get_num_threads()``.
+
+    Raises:
+        ExportError: No such file, another format, the engine is not installed, or the file does not load.
+
+    Example:
+        >>> backbones.export(model, "resnet50.xml")
+        >>> logits = backbones.load_exported("resnet50.xml")(images)
+    """
+    from backbones.runtime.onnxruntime_engine import load_onnx
+    from backbones.runtime.openvino_engine import load_ir
+
+    path = Path(path).expanduser()
+    loaders = {".onnx": load_onnx, ".xml": load_ir}
+    if path.suffix.lower() not in loaders:
+        raise ExportError(
+            f"load_exported runs .onnx and OpenVINO .xml files, not {path.name!r}; load a .pt2 with "
+            "torch.export.load and a TorchScript file with torch.jit.load"
+        )
+    if not path.is_file():
+        raise ExportError(f"no exported file at {path}")
+    try:
+        return loaders[path.suffix.lower()](path, threads)
+    except EngineError as error:
+        raise ExportError(str(error)) from None
+    except Exception as error:  # the engines' own parse errors are pages long
+        raise ExportError(f"cannot load {path}: {first_line(error)}") from None

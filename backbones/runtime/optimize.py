@@ -37,9 +37,11 @@ from torch import Tensor
 from torch.utils._pytree import tree_map
 
 from backbones.core.inputs import check_image_batch
-from backbones.core.vocabulary import dtype_name
+from backbones.core.vocabulary import dtype_name, engine_name
+from backbones.runtime import engines
 from backbones.runtime.bf16 import convolve_bf16_on_float32_kernels
 from backbones.runtime.fusion import folded_copy, fuse_conv_pointwise, mkldnn_fusion_available
+from backbones.runtime.outputs import EngineModel
 from backbones.runtime.quantize import QuantizationReport, drop_traced_weight_checks, engine_selected, quantize_int8
 from backbones.runtime.quantize_pt2e import quantize_int8_compiled
 
@@ -73,7 +75,10 @@ class OptimizedModel(nn.Module):
         int8_layers: How many convolutions and linear layers run in int8 (0 unless int8).
         float_layers: For int8, ``{operation: reason}`` for each operation left in float32.
         quantization: For int8, the full :class:`~backbones.runtime.quantize.QuantizationReport`.
+        backend: ``"torch"`` (other backends return an :class:`~backbones.runtime.outputs.EngineModel`).
     """
+
+    backend = "torch"
 
     def __init__(self, network: nn.Module, source: nn.Module, dtype: torch.dtype, compiled: bool) -> None:
         super().__init__()
@@ -138,7 +143,10 @@ def optimize(
     compile: bool = False,
     example_input: Tensor | None = None,
     calibration: Tensor | Iterable | None = None,
-) -> OptimizedModel:
+    backend: str = "torch",
+    sample: Tensor | None = None,
+    dynamic_size: bool = False,
+) -> OptimizedModel | EngineModel:
     """Return an inference-ready copy of ``model`` (the original is left untouched).
 
     Works for every registered classification model, ``features_only`` extractor and FPN model.
@@ -161,20 +169,37 @@ def optimize(
             by default). Use 16 or more: with fewer, the activation ranges are coarse enough to
             cost deep networks measurable output SQNR (the README's int8 section has the figures).
             Any batch size may be used later.
+        backend: Who runs it: ``"torch"`` (torch's own kernels, the default), ``"openvino"``
+            (OpenVINO, int8 by NNCF; ``pip install backbones[openvino]``), ``"onnxruntime"`` (our
+            ONNX export; fp32 and int8), or ``"auto"``: every installed backend that takes the
+            model and ``dtype``, timed on ``sample``, the fastest kept (its ``backend`` and
+            ``timings`` attributes and a log line say which and why). See
+            :mod:`backbones.runtime.engines`.
+        sample: For OpenVINO, onnxruntime and ``"auto"``: a batch like the ones you will feed,
+            which the graph is traced with and ``auto`` times on (default: ``example_input``, else
+            the first calibration batch, else two random images of the model's input size).
+            Their height and width are then fixed, unless ``dynamic_size``; the batch is not.
+        dynamic_size: For OpenVINO and onnxruntime: let height and width vary too.
 
     Returns:
-        An :class:`OptimizedModel`.
+        An :class:`OptimizedModel` for the torch backend, else an
+        :class:`~backbones.runtime.outputs.EngineModel` (outputs as torch tensors in the model's own
+        structure, ``backend`` naming the engine).
 
     Raises:
         ValueError: An unsupported dtype, int8 without calibration, or a model that is already
             optimized.
         RuntimeError: int8 with ``compile=True`` and torchao is not installed.
+        EngineError: ``backend`` is not installed or cannot take this model or dtype on this CPU.
     """
     dtype = resolve_dtype(dtype)
-    if isinstance(model, OptimizedModel):
+    backend = engine_name(backend)
+    if isinstance(model, (OptimizedModel, EngineModel)):
         raise ValueError(
             f"this model is already optimized ({model.extra_repr()}); optimize the original float model instead"
         )
+    if backend != "torch":
+        return _optimize_on(backend, model, dtype, compile, example_input, calibration, sample, dynamic_size)
     if dtype == torch.qint8:
         return _optimize_int8(model, compile, example_input, calibration)
     if calibration is not None:
@@ -197,6 +222,35 @@ def optimize(
     result.folded_norms, result.fused_convolutions = folded, fused
     result.bf16_on_float32_kernels = on_float32_kernels
     return result.eval()
+
+
+def _optimize_on(
+    backend: str,
+    model: nn.Module,
+    dtype: torch.dtype,
+    compile: bool,
+    example_input: Tensor | None,
+    calibration: Tensor | Iterable | None,
+    sample: Tensor | None,
+    dynamic_size: bool,
+) -> nn.Module:
+    """OpenVINO, onnxruntime or the fastest of all (``auto``); the torch path as ``auto`` times it."""
+    name = dtype_name(dtype)
+    if compile and backend != "auto":
+        raise ValueError(f"compile=True is for backend='torch'; backend={backend!r} compiles the graph itself")
+    if calibration is not None and name != "int8":
+        raise ValueError(f"calibration is only used with dtype='int8', not {dtype}")
+    batches = engines.calibration_for(model, calibration) if name == "int8" else None
+    given = sample if sample is not None else example_input
+    example = given if given is not None else batches[0] if batches else engines.default_example(model)
+    example = engines.check_sample(model, example)
+
+    def torch_path(model: nn.Module, name: str, batches: list[Tensor] | None) -> OptimizedModel:
+        return optimize(model, name, compile=compile, example_input=example_input, calibration=batches)
+
+    if backend == "auto":
+        return engines.choose_fastest(model, name, batches, example, dynamic_size, torch_path)
+    return engines.build_on_backend(backend, model, name, batches, example, dynamic_size, torch_path)
 
 
 def _optimize_int8(

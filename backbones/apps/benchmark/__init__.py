@@ -14,6 +14,7 @@ Modules, each one job:
 * :mod:`~backbones.apps.benchmark.config`: what to measure, a measurement, ratios;
 * :mod:`~backbones.apps.benchmark.variants`: what is timed (ours, torchvision's, timm's);
 * :mod:`~backbones.apps.benchmark.quantized`: the int8 peers and their shared calibration;
+* :mod:`~backbones.apps.benchmark.engines`: the engine peers (OpenVINO, onnxruntime) and ``bench --backend``;
 * :mod:`~backbones.apps.benchmark.timing`: interleaved rounds and medians;
 * :mod:`~backbones.apps.benchmark.probes`: memory, import, load and compile times (fresh processes);
 * :mod:`~backbones.apps.benchmark.machine`: the machine and its convolution ceiling;

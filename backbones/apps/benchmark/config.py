@@ -65,9 +65,11 @@ class BenchmarkConfig:
             (:data:`~backbones.core.vocabulary.DTYPES`; any spelling :func:`dtype_name` reads).
         variants: Only these variants (names as in :data:`~backbones.apps.benchmark.variants.VARIANTS`)
             besides the baseline; all by default.
+        backend: The engine ``optimize`` runs our optimized and int8 variants on: ``"torch"``
+            (its own kernels), or another backend this build's ``optimize`` takes.
 
     Raises:
-        ValueError: A dtype outside the vocabulary.
+        ValueError: A dtype outside the vocabulary, or a backend ``optimize`` does not take.
     """
 
     models: Sequence[str] = ("resnet50", "vgg19", "googlenet_v1", "inception_v3")
@@ -81,10 +83,14 @@ class BenchmarkConfig:
     extras: bool = True
     dtypes: Sequence[str] = DTYPES
     variants: Sequence[str] | None = None
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
+        from backbones.apps.benchmark.engines import check_backend
+
         # Canonical names from here on: the variants' names and the report use them.
         self.dtypes = tuple(dtype_name(d, what="the benchmark's dtypes") for d in self.dtypes)
+        self.backend = check_backend(self.backend)
 
 
 def image_side(arch: str) -> int:

@@ -19,8 +19,17 @@ from backbones.runtime.fusion import mkldnn_fusion_available
 __all__ = ["conv_ceiling", "environment"]
 
 # The CPU features that decide which kernels the optimized paths get.
-_REPORTED_CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
-_REPORTED_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "huggingface_hub")
+_REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+_REPORTED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "safetensors",
+    "huggingface_hub",
+    "openvino",
+    "nncf",
+    "onnxruntime",
+)
 
 
 def environment(threads: int) -> dict[str, str]:

@@ -1,21 +1,19 @@
-"""The int8 peers the benchmark times ours against, and the calibration every int8 variant shares.
+"""torchvision's int8 peers, and the calibration every int8 variant shares.
 
-torchvision's post-training-quantized models (eager-mode prepare/convert on the x86 engine) and our
-model exported to int8 ONNX run by onnxruntime: each is built from the same float weights and
-calibrated on the same batches as ours, so the ratios compare engines, not data.
+torchvision's post-training-quantized models (eager-mode prepare/convert on the x86 engine); the
+engines' int8 (onnxruntime QDQ, OpenVINO NNCF) live in :mod:`backbones.apps.benchmark.engines`.
+Each is built from the same float weights and calibrated on the same batches as ours, so the
+ratios compare engines, not data.
 """
 
 from __future__ import annotations
 
-import tempfile
 import warnings
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["TORCHVISION_QUANTIZED", "OnnxRuntimeInt8", "calibration", "torchvision_quantized"]
+__all__ = ["TORCHVISION_QUANTIZED", "calibration", "torchvision_quantized"]
 
 # torchvision's post-training-quantizable models (x86 engine), by our architecture name.
 TORCHVISION_QUANTIZED = {
@@ -85,31 +83,3 @@ def torchvision_quantized(arch: str, reference: nn.Module, batches: list[torch.T
             for batch in batches:
                 model(batch)
         return convert(model, inplace=True)
-
-
-class OnnxRuntimeInt8:
-    """Our model exported to int8 QDQ ONNX (``export(dtype="int8")``), run by onnxruntime's CPU provider.
-
-    Called like a model. The file is read into the session and its folder removed.
-
-    Attributes:
-        file_mb: Size of the exported ONNX file in MB.
-    """
-
-    def __init__(self, ours: nn.Module, batches: list[torch.Tensor]) -> None:
-        import onnxruntime
-
-        from backbones.runtime.export import export
-
-        with tempfile.TemporaryDirectory(prefix="backbones-bench-") as folder:
-            path = export(ours, Path(folder) / "int8.onnx", dtype="int8", calibration=batches, dynamic_size=False)
-            program = path.read_bytes()
-        self.file_mb = len(program) / 1e6
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(program, options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        """onnxruntime's outputs (numpy arrays) for the batch ``x``."""
-        return self.session.run(None, {self.input_name: x.numpy()})

@@ -1,4 +1,7 @@
-"""RESULTS.md: the machine, every ratio to the baseline, scaling, int8, memory and start-up figures.
+"""RESULTS.md: the machine, every ratio to the baseline, the engines, scaling, int8, memory and start-up figures.
+
+A section or a row appears only when the run measured something for it: a run without int8 has
+no int8 section, a variant not timed has no row.
 
 The report states what was measured and how the variants compare; it judges nothing. Targets
 (what a change set out to reach) live with the script that checks them, ``benchmarks/targets.py``,
@@ -14,6 +17,7 @@ from typing import Any
 from backbones.apps.benchmark.config import BASELINE, BenchmarkConfig, Measurement, ratio, workloads_of
 from backbones.apps.benchmark.plot import plot_speedups
 from backbones.apps.benchmark.variants import variant_dtype
+from backbones.core.vocabulary import DTYPES
 
 __all__ = ["INT8_COMPARISONS", "write_report"]
 
@@ -23,6 +27,8 @@ INT8_COMPARISONS = (
     ("ours int8", "ours optimized bf16"),
     ("ours int8", "ours optimized fp32"),
     ("ours int8", "onnxruntime int8"),
+    ("ours int8", "OpenVINO NNCF int8"),
+    ("ours auto int8", "OpenVINO NNCF int8"),
     ("ours compiled int8", "torchvision quantized int8"),
     ("ours compiled int8", "ours int8"),
 )
@@ -61,13 +67,19 @@ def write_report(
         "## Speed",
         "",
         *_ratio_tables(measurements),
+        *_engines_table(measurements),
         *_scaling_table(measurements, results["config"]),
         *_int8_section(results),
+        *_latency_table(measurements),
     ]
+    if "conv_gflops" in results:
+        lines += _ceiling_table(measurements, results["conv_gflops"], results.get("macs", {}))
     if "memory_mib" in results:
         lines += _extras(results)
     if plot is not None and plot_speedups(measurements, plot):
         lines += ["", f"![speed-ups over torchvision eager fp32]({plot.name})"]
+    # Sections start and end with a blank line each; one between them is enough.
+    lines = [line for i, line in enumerate(lines) if line or i == 0 or lines[i - 1]]
     atomic_write_text(markdown, "\n".join(lines) + "\n")
 
 
@@ -92,40 +104,90 @@ def _ratio_tables(measurements: list[Measurement]) -> list[str]:
 
 
 def _scaling_table(measurements: list[Measurement], config: BenchmarkConfig) -> list[str]:
-    """Images per second of the baseline and our optimized paths at each batch size."""
-    lines = [
-        "## Scaling (images/s)",
-        "",
-        "| model | variant | " + " | ".join(f"batch {b}" for b in config.batches) + " |",
-        "| --- | --- |" + " ---: |" * len(config.batches),
-    ]
+    """Images per second of the baseline and our optimized paths at each batch size (rows that were timed)."""
+    rows = []
     for arch in config.models:
         for variant in _SCALING_VARIANTS:
             cells = []
             for batch in config.batches:
-                rows = [
+                timed = [
                     m for m in measurements if m.variant == variant and m.workload.startswith(f"{arch} batch {batch} ")
                 ]
-                cells.append(f"{rows[0].images_per_second:.1f}" if rows else "")
-            lines.append(f"| {arch} | {variant} | " + " | ".join(cells) + " |")
-    return lines
+                cells.append(f"{timed[0].images_per_second:.1f}" if timed else "not run")
+            if any(cell != "not run" for cell in cells):
+                rows.append(f"| {arch} | {variant} | " + " | ".join(cells) + " |")
+    if len(config.batches) < 2 or not rows:
+        return []
+    return [
+        "## Scaling (images/s)",
+        "",
+        "| model | variant | " + " | ".join(f"batch {b}" for b in config.batches) + " |",
+        "| --- | --- |" + " ---: |" * len(config.batches),
+        *rows,
+    ]
+
+
+def _is_ours(m: Measurement) -> bool:
+    return m.variant.startswith("ours ")
+
+
+def _on_torch(m: Measurement) -> bool:
+    # Results of optimize(backend=...) other than torch (bench --backend, auto) carry it in their note.
+    return _is_ours(m) and " auto " not in m.variant and not m.note.startswith("engine ")
+
+
+def _fastest(rows: list[Measurement]) -> Measurement | None:
+    return min(rows, key=lambda m: m.median, default=None)
+
+
+def _engines_table(measurements: list[Measurement]) -> list[str]:
+    """Per workload and precision: the fastest peer, our fastest torch path and auto, and their ratios."""
+    lines = []
+    for workload in workloads_of(measurements):
+        for dtype in DTYPES:
+            rows = [m for m in measurements if m.workload == workload and variant_dtype(m.variant) == dtype]
+            peer = _fastest([m for m in rows if not _is_ours(m)])
+            torch_path = _fastest([m for m in rows if _on_torch(m)])
+            auto = _fastest([m for m in rows if " auto " in m.variant])
+            if peer is None or (torch_path is None and auto is None):
+                continue
+            cells = [f"{peer.variant} ({peer.images_per_second:.1f})"]
+            for ours in (torch_path, auto):
+                cells += (
+                    ["not run", ""]
+                    if ours is None
+                    else [f"{ours.variant} ({ours.images_per_second:.1f})", f"{peer.median / ours.median:.2f}"]
+                )
+            lines.append(f"| {workload} | {dtype} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [
+        "## Engines: ours against the fastest peer (images/s)",
+        "",
+        "Per precision, the fastest variant that is not ours (torchvision, timm, OpenVINO, onnxruntime) against",
+        'our fastest on torch\'s kernels and `optimize(backend="auto")`; a ratio above 1 is ours ahead.',
+        "",
+        "| workload | precision | fastest peer | ours on torch | x peer | ours auto | x peer |",
+        "| --- | --- | --- | --- | ---: | --- | ---: |",
+        *lines,
+        "",
+    ]
 
 
 def _int8_section(results: dict[str, Any]) -> list[str]:
-    """The int8 variants over their peers, batch-1 latency, the convolution ceiling and model sizes."""
+    """The int8 variants over their peers and the model sizes; nothing when the run timed no int8."""
     measurements: list[Measurement] = results["measurements"]
-    lines = ["", "## int8", "", "| workload | variant | over | speed-up |", "| --- | --- | --- | ---: |"]
+    rows = []
     for workload in workloads_of(measurements):
-        if ratio(measurements, workload, "ours int8") is None:
-            continue
         for variant, other in INT8_COMPARISONS:
             speedup = ratio(measurements, workload, variant, over=other)
             if speedup is not None:
-                lines.append(f"| {workload} | {variant} | {other} | {speedup:.2f} |")
-    lines += ["", "### Batch-1 latency (median ms)", "", "| workload | variant | ms |", "| --- | --- | ---: |"]
-    lines += [f"| {m.workload} | {m.variant} | {m.median * 1e3:.1f} |" for m in measurements if m.batch == 1]
-    if "conv_gflops" in results:
-        lines += _ceiling_table(measurements, results["conv_gflops"], results.get("macs", {}))
+                rows.append(f"| {workload} | {variant} | {other} | {speedup:.2f} |")
+    if not rows and "model_mb" not in results:
+        return []
+    lines = ["", "## int8"]
+    if rows:
+        lines += ["", "| workload | variant | over | speed-up |", "| --- | --- | --- | ---: |", *rows]
     if "model_mb" in results:
         arch = results.get("model_mb_arch", "resnet50")
         lines += ["", f"### {arch} weights as saved (MB)", "", "| form | MB |", "| --- | ---: |"]
@@ -133,19 +195,17 @@ def _int8_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _latency_table(measurements: list[Measurement]) -> list[str]:
+    """Every batch-1 measurement's median, when the run had batch 1."""
+    rows = [f"| {m.workload} | {m.variant} | {m.median * 1e3:.1f} |" for m in measurements if m.batch == 1]
+    if not rows:
+        return []
+    return ["", "## Batch-1 latency (median ms)", "", "| workload | variant | ms |", "| --- | --- | ---: |", *rows]
+
+
 def _ceiling_table(measurements: list[Measurement], rates: dict[str, float], macs: dict[str, int]) -> list[str]:
-    """Each optimized path's GFLOP/s and its share of its dtype's 3x3-convolution ceiling."""
-    lines = [
-        "",
-        "### Share of the 3x3-convolution ceiling",
-        "",
-        "Ceiling: one 3x3 convolution, 256 -> 256 channels on [8, 256, 56, 56] channels-last, per dtype: "
-        + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in rates.items())
-        + ". Each path's rate is 2 x multiply-adds x batch / median time.",
-        "",
-        "| workload | variant | GFLOP/s | share of its dtype's ceiling |",
-        "| --- | --- | ---: | ---: |",
-    ]
+    """Each optimized path's GFLOP/s and its share of its dtype's 3x3-convolution ceiling (when one was timed)."""
+    rows = []
     for m in measurements:
         if m.variant not in _CEILING_VARIANTS:
             continue
@@ -154,8 +214,21 @@ def _ceiling_table(measurements: list[Measurement], rates: dict[str, float], mac
         key = f"{arch} {m.workload.rsplit(' ', 1)[-1]}" if arch == "resnet50_fpn" else arch
         if macs.get(key):
             rate = 2 * macs[key] * m.batch / m.median / 1e9
-            lines.append(f"| {m.workload} | {m.variant} | {rate:.0f} | {rate / rates[variant_dtype(m.variant)]:.2f} |")
-    return lines
+            rows.append(f"| {m.workload} | {m.variant} | {rate:.0f} | {rate / rates[variant_dtype(m.variant)]:.2f} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "## Share of the 3x3-convolution ceiling",
+        "",
+        "Ceiling: one 3x3 convolution, 256 -> 256 channels on [8, 256, 56, 56] channels-last, per dtype: "
+        + ", ".join(f"{d} {r:.0f} GFLOP/s" for d, r in rates.items())
+        + ". Each path's rate is 2 x multiply-adds x batch / median time.",
+        "",
+        "| workload | variant | GFLOP/s | share of its dtype's ceiling |",
+        "| --- | --- | ---: | ---: |",
+        *rows,
+    ]
 
 
 def _extras(results: dict[str, Any]) -> list[str]:

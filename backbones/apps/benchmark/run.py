@@ -52,7 +52,15 @@ def run_benchmarks(config: BenchmarkConfig, log: Callable[[str], None] = print) 
     def run_workload(arch: str, workload: str, x: torch.Tensor, with_compile: bool) -> None:
         log(workload)
         only, size = _only(config), (x.shape[-2], x.shape[-1])
-        variants = build_variants(arch, with_compile=with_compile, only=only, dtypes=config.dtypes, fpn_size=size)
+        variants = build_variants(
+            arch,
+            with_compile=with_compile,
+            only=only,
+            dtypes=config.dtypes,
+            fpn_size=size,
+            backend=config.backend,
+            sample=x,
+        )
         measurements.extend(time_interleaved(workload, variants, x, config, log))
         if "int8" in config.dtypes and "model_mb" not in results:
             # The first workload's models, as timed: the sizes sit beside its timings.

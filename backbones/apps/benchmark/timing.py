@@ -54,7 +54,8 @@ def time_interleaved(
 
     Args:
         workload: The workload's name, as the report shows it.
-        variants: The runners to time, by name; the baseline among them.
+        variants: The runners to time, by name; the baseline among them. A runner's ``note``
+            attribute (the engine it runs on, say) goes into its measurement's note.
         x: The batch every variant runs on.
         config: The time budget per workload and the bounds on the number of rounds.
         log: Where each variant's median and ratio to the baseline are written.
@@ -67,8 +68,10 @@ def time_interleaved(
         for name, run in variants.items():
             first = _timed(run, x)
             run(x)
+            notes = [getattr(run, "note", "")]
             if first > _NOTED_FIRST_CALL_SECONDS:
-                measurements[name].note = f"first call {first:.1f} s"
+                notes.append(f"first call {first:.1f} s")
+            measurements[name].note = "; ".join(n for n in notes if n)
         # One timed pass sizes the number of rounds to the time budget.
         one_round = 0.0
         for name, run in variants.items():

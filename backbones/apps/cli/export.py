@@ -30,7 +30,9 @@ def add_commands(command: Any) -> None:
         allowed=("fp32", "int8"),
         help="fp32, or int8: an ONNX file quantized (QDQ) on --calibration images",
     )
-    cmd.add_argument("--calibration", help="int8 only: calibrate on this image folder or 'digits'")
+    cmd.add_argument(
+        "--calibration", help="int8 only, and needed there: calibrate on this image folder or 'digits' (no default)"
+    )
     cmd.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True, help="let the batch vary")
     cmd.add_argument("--dynamic-size", action="store_true", help="let height and width vary (ONNX and pt2)")
     cmd.add_argument(

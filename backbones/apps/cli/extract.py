@@ -12,14 +12,16 @@ import os
 from typing import Any
 
 from backbones.apps.cli.models import add_model_argument, add_pretrained_option, pretrained_choice
-from backbones.apps.cli.options import add_dtype_option, add_timeout_option, positive_int
+from backbones.apps.cli.options import add_device_option, add_dtype_option, add_timeout_option, positive_int
 
 __all__ = ["add_commands"]
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from backbones.apps.cli.options import resolve_device
     from backbones.apps.extract.runner import extract
 
+    resolve_device(args.device)  # a missing GPU is one line now, not after the data is read
     manifest = extract(
         args.model,
         args.data,
@@ -115,7 +117,7 @@ def add_commands(command: Any) -> None:
         "(recorded in manifest.json)",
     )
     add_timeout_option(cmd)
-    cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    add_device_option(cmd)
     cmd.add_argument("--quiet", action="store_true", help="no progress bar")
 
     cmd = command(

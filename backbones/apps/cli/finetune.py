@@ -14,6 +14,7 @@ from typing import Any
 
 from backbones.apps.cli.models import add_model_argument, add_pretrained_option, pretrained_choice
 from backbones.apps.cli.options import (
+    add_device_option,
     add_dtype_option,
     add_timeout_option,
     fraction,
@@ -31,8 +32,10 @@ _NOT_FORWARDED = {"model", "data", "out", "progress", "command"}
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from backbones.apps.cli.options import resolve_device
     from backbones.apps.finetune import finetune
 
+    resolve_device(args.device)  # a missing GPU is one line now, not after the data is read
     # Every config field the parser defines is passed on: the dataclass is the list of options.
     options: dict[str, Any] = {
         field.name: getattr(args, field.name)
@@ -46,8 +49,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from backbones.apps.cli.options import resolve_device
     from backbones.apps.evaluate import evaluate_model
 
+    resolve_device(args.device)
     report = evaluate_model(
         args.model,
         args.data,
@@ -60,6 +65,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         workers=args.workers,
         skip_bad_images=args.skip_bad_images,
         picture=args.out,
+        device=args.device,
     )
     print(
         f"{args.model} on {report['data']} ({report['split']}, {report['images']} images): "
@@ -88,7 +94,10 @@ def add_commands(command: Any) -> None:
     add_model_argument(cmd)
     _add_data_options(cmd)
     cmd.add_argument("--out", required=True, help="output folder (save_pretrained files, metrics, curves)")
-    cmd.add_argument("--val-data", help="a validation folder with the same class subfolders")
+    cmd.add_argument(
+        "--val-data",
+        help="a validation folder with the same class subfolders (default: a --val-fraction share of --data)",
+    )
     cmd.add_argument("--epochs", type=positive_int, default=5, help="epochs (default 5)")
     cmd.add_argument("--batch-size", type=positive_int, default=64, help="images per step per process (default 64)")
     cmd.add_argument("--lr", type=positive_float, help="peak learning rate (default 0.05 sgd, 0.001 adamw)")
@@ -100,11 +109,15 @@ def add_commands(command: Any) -> None:
         help="linear warmup before the cosine, shorter than --epochs (default: 1, or a fifth of a shorter run)",
     )
     cmd.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
-    cmd.add_argument("--clip-grad-norm", type=positive_float, help="clip the gradient norm to this")
+    cmd.add_argument(
+        "--clip-grad-norm", type=positive_float, help="clip the gradient norm to this (default: no clipping)"
+    )
     add_dtype_option(cmd, allowed=TRAINING_DTYPES, help="bf16: autocast the forward pass")
     add_pretrained_option(cmd, default_weights=False)
     cmd.add_argument(
-        "--trainable-stages", type=non_negative_int, help="train only the last K stages and the head (0: head only)"
+        "--trainable-stages",
+        type=non_negative_int,
+        help="train only the last K stages and the head (0: head only; default: every stage)",
     )
     cmd.add_argument("--freeze-norm", action="store_true", help="keep BatchNorm statistics and parameters fixed")
     cmd.add_argument(
@@ -114,7 +127,7 @@ def add_commands(command: Any) -> None:
     )
     cmd.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
     cmd.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (CUDA only)")
-    cmd.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    add_device_option(cmd)
     cmd.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
     add_timeout_option(cmd)
     cmd.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
@@ -126,3 +139,4 @@ def add_commands(command: Any) -> None:
     cmd.add_argument("--split", choices=("train", "val", "all"), help="default: val for digits, all for a folder")
     cmd.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     cmd.add_argument("--out", default="confusion.png", help="the confusion-matrix PNG (default confusion.png)")
+    add_device_option(cmd)

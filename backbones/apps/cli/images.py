@@ -44,7 +44,10 @@ def add_commands(command: Any) -> None:
         "the given images (or --calibration)",
     )
     cmd.add_argument(
-        "--calibration", help="int8 only: calibrate on this image folder or 'digits' instead of the given images"
+        "--calibration", help="int8 only: calibrate on this image folder or 'digits' (default: the given images)"
+    )
+    cmd.add_argument(
+        "--skip-bad-images", action="store_true", help="skip unreadable images and list them (on stderr, and in --json)"
     )
     add_device_option(cmd)
     cmd.add_argument("--quiet", action="store_true", help="no download progress bar")
@@ -62,55 +65,60 @@ def add_commands(command: Any) -> None:
 
 
 def image_paths(arguments: list[str]) -> list[Path]:
-    """The image files the arguments name: files as given, folders searched recursively (natural order).
+    """The image files the arguments name: files as given, folders walked as the data layer walks them.
+
+    A folder gives every image-named entry at any depth (natural order), links followed but each
+    real folder walked once (:func:`backbones.data.folders.walk_image_files`). Nothing is opened
+    here: a FIFO, a broken link or a bad image is named (or skipped) by :func:`check_images`.
 
     Raises:
         FileNotFoundError: An argument does not exist.
-        ValueError: A folder holds no images, or an argument is neither a file nor a folder (a FIFO).
+        ValueError: A folder holds no images.
     """
-    from backbones.data.images import is_image_file
+    from backbones.data.folders import walk_image_files
 
     paths: list[Path] = []
     for argument in arguments:
         path = Path(argument).expanduser()
         if path.is_dir():
-            found = sorted(
-                (p for p in path.rglob("*") if p.is_file() and is_image_file(p)),
-                key=lambda p: natural_key(str(p.relative_to(path))),
-            )
+            found = sorted(walk_image_files(path).files, key=natural_key)
             if not found:
                 raise ValueError(f"the folder {path} holds no image files (.jpg, .png, ...)")
-            paths += found
-        elif not path.exists():
+            paths += [path / relative for relative in found]
+        elif not path.exists() and not path.is_symlink():  # a broken link is an unreadable image, named later
             raise FileNotFoundError(f"no image file at {path}")
-        elif not path.is_file():  # reading a FIFO or a device would block or never end
-            raise ValueError(f"{path} is not a regular file (a FIFO or device); give an image file")
         else:
             paths.append(path)
     return paths
 
 
-def check_images(paths: list[Path]) -> None:
+def check_images(paths: list[Path], skipped: dict[Path, str] | None = None) -> list[Path]:
     """Read each image's header now (format and size), so a bad file fails before the model is loaded.
 
+    Args:
+        paths: The image files.
+        skipped: Where to note each unreadable file (path -> reason) instead of raising: ``--skip-bad-images``.
+
+    Returns:
+        The readable files, in order.
+
     Raises:
-        ValueError: A file is not an image Pillow recognises, or has more pixels than the decoding limit.
+        ValueError: Without ``skipped``: a file is not a regular file (a FIFO is never opened), cannot be
+            opened, is not an image Pillow recognises, or has more pixels than the decoding limit.
     """
-    from PIL import Image
+    from backbones.data.images import SKIP_HINT, BadImageError, check_image
 
-    from backbones.data.images import MAX_IMAGE_PIXELS, quiet_bomb_warning
-
+    readable = []
     for path in paths:
         try:
-            with quiet_bomb_warning(), Image.open(path) as image:  # the check below says it in one line
-                width, height = image.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from None
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ValueError(
-                f"image {path} has {width}x{height} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
-                f"(a decompression-bomb guard); shrink it"
-            )
+            check_image(path, fix_hint=SKIP_HINT)
+        except BadImageError as err:
+            if skipped is None:
+                raise
+            skipped[path] = str(err)
+            continue
+        readable.append(path)
+    return readable
 
 
 def load_model(args: argparse.Namespace, *, default_weights: bool) -> tuple[Any, str]:
@@ -119,14 +127,30 @@ def load_model(args: argparse.Namespace, *, default_weights: bool) -> tuple[Any,
     return source.build(progress=not args.quiet), source.describe_weights()
 
 
-def _batches(paths: list[Path], transform: Any, size: int) -> Iterator[tuple[list[Path], Any]]:
+def _batches(
+    paths: list[Path], transform: Any, size: int, skipped: dict[Path, str] | None = None
+) -> Iterator[tuple[list[Path], Any]]:
+    """Batches of decoded, transformed images; one whose pixels do not decode (its header did) is noted
+    in ``skipped`` and left out, or raised without it."""
     import torch
 
     from backbones.apps.visualize import load_image
 
     for start in range(0, len(paths), size):
-        chunk = paths[start : start + size]
-        yield chunk, torch.stack([transform(load_image(path)) for path in chunk])
+        chunk, images = [], []
+        for path in paths[start : start + size]:
+            if skipped is not None and path in skipped:
+                continue
+            try:
+                images.append(transform(load_image(path)))
+            except ValueError as err:  # a BadImageError naming the file
+                if skipped is None:
+                    raise
+                skipped[path] = str(err)
+                continue
+            chunk.append(path)
+        if chunk:
+            yield chunk, torch.stack(images)
 
 
 # ----------------------------------------------------------------------------- predict
@@ -156,7 +180,9 @@ def _fast_model(model: Any, dtype: str, calibration: Any) -> Any:
     return optimize(model, dtype=dtype, calibration=calibration)
 
 
-def _calibration(model: Any, args: argparse.Namespace, paths: list[Path], transform: Any) -> Any:
+def _calibration(
+    model: Any, args: argparse.Namespace, paths: list[Path], transform: Any, skipped: dict[Path, str] | None
+) -> Any:
     if args.dtype != "int8":
         return None
     if args.calibration:
@@ -164,7 +190,7 @@ def _calibration(model: Any, args: argparse.Namespace, paths: list[Path], transf
 
         return calibration_batches(model, args.calibration)
     # The images being classified, preprocessed as they will be classified.
-    return [batch for _, batch in _batches(paths, transform, args.batch_size)]
+    return [batch for _, batch in _batches(paths, transform, args.batch_size, skipped)]
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -180,15 +206,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--dtype {args.dtype} is backbones.optimize's CPU path; use --dtype fp32 with --device cuda")
     source = resolve_cli_model(args, default_weights=True)
     _refuse_non_classifiers(source, args.model)
-    paths = image_paths(args.images)
-    check_images(paths)
+    skipped: dict[Path, str] | None = {} if args.skip_bad_images else None
+    paths = check_images(image_paths(args.images), skipped)
+    if not paths:
+        raise ValueError(f"none of the {len(skipped or ())} images given can be read; check the files")
     model, weights = source.build(progress=not args.quiet).eval(), source.describe_weights()
     transform = transforms_for(model)
-    network = _fast_model(model, args.dtype, _calibration(model, args, paths, transform)).to(device)
+    network = _fast_model(model, args.dtype, _calibration(model, args, paths, transform, skipped)).to(device)
     classes = model.pretrained_cfg.get("class_names") or [str(i) for i in range(model.num_classes)]
     results = []
     with torch.inference_mode():
-        for chunk, batch in _batches(paths, transform, args.batch_size):
+        for chunk, batch in _batches(paths, transform, args.batch_size, skipped):
             probabilities = network(batch.to(device)).float().softmax(dim=1).cpu()
             top = probabilities.topk(min(args.top_k, probabilities.shape[1]), dim=1)
             for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
@@ -197,13 +225,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     for p, i in zip(values, indices, strict=True)
                 ]
                 results.append({"image": str(path), "predictions": ranked})
-    _print_predictions(results, weights, args)
+    _print_predictions(results, weights, args, [str(path) for path in skipped or ()])
+    if skipped:  # on stderr, so that --json and --csv output stays what it says
+        names = [str(path) for path in skipped]
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        print(f"skipped {len(names)} unreadable images: {', '.join(names[:10])}{more}", file=sys.stderr)
     return 0
 
 
-def _print_predictions(results: list[dict[str, Any]], weights: str, args: argparse.Namespace) -> None:
+def _print_predictions(
+    results: list[dict[str, Any]], weights: str, args: argparse.Namespace, skipped: list[str]
+) -> None:
     if args.json:
-        print(json.dumps({"model": args.model, "weights": weights, "dtype": args.dtype, "results": results}, indent=1))
+        document = {"model": args.model, "weights": weights, "dtype": args.dtype, "results": results}
+        print(json.dumps({**document, "skipped": skipped} if args.skip_bad_images else document, indent=1))
         return
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -11,12 +11,14 @@ import argparse
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from backbones.apps.cli import catalogue, export, extract, finetune, images, weights
+from backbones.apps.cli import catalogue, detect, export, extract, finetune, images, weights
 from backbones.apps.cli.models import resolve_cli_model
 from backbones.apps.cli.options import (
+    add_backend_option,
     add_dtype_option,
     check_output_folder,
     parse_size,
@@ -30,7 +32,7 @@ __all__ = ["build_parser", "main"]
 
 # Command modules (add_commands(command) registers their sub-commands); they import only argparse
 # and the standard library at module level, so `--help` stays fast.
-_COMMAND_MODULES: tuple[Any, ...] = (catalogue, images, weights, export, extract, finetune)
+_COMMAND_MODULES: tuple[Any, ...] = (catalogue, images, weights, export, extract, finetune, detect)
 
 # Exit status of a process killed by SIGPIPE in a shell (128 + 13): what `yes | head` reports.
 _BROKEN_PIPE_STATUS = 141
@@ -49,7 +51,18 @@ _CLI_HINTS = (
         ),
         "give a saved folder as the model, or a weights file with --pretrained FILE",
     ),
+    # No command but finetune replaces a classifier, and finetune does it by itself.
+    (
+        re.compile(r"pass reinit_head=True to load everything else and start a freshly initialised classifier"),
+        "`backbones finetune` trains a new classifier on everything else",
+    ),
 )
+# Library names a command says in other words (no flag of its own): a resume's "world_size: 2 -> 1".
+_CLI_WORDS = {"world_size": "processes (torchrun --nproc_per_node)"}
+# A changed setting, as a resume refusal lists them: "batch_size: 64 -> 32".
+_CHANGED_OPTION = re.compile(r"\b([a-z][a-z_]*)(?=: [^,()]*? -> )")
+# An option named with nothing after it: "pass format= one of onnx, pt2".
+_BARE_OPTION = re.compile(r"\b([a-z][a-z_]*)=(?=\s|$)")
 # The library names its options as Python does (overwrite=True, layers='fpn'); a command says
 # them as its own flags. Only options the running command has are rewritten: a library hint for an
 # option the command lacks (reinit_head=True) stays as it is rather than naming a flag that does not exist.
@@ -78,13 +91,26 @@ def cli_syntax(message: str, flags: dict[str, str] | None = None) -> str:
         quoted = value[0] in ("'", '"')
         return f"{flags[name]} {value[1:-1] if quoted else value}"
 
+    def named(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if flags is not None and name in flags:
+            return flags[name]
+        return _CLI_WORDS.get(name, match.group(0))
+
+    message = _CHANGED_OPTION.sub(named, message)
+    message = _BARE_OPTION.sub(named, message)
     return _PYTHON_OPTION.sub(as_flag, message)
 
 
 def command_flags(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
-    """The options of sub-command ``command``, by destination: ``{"skip_bad_images": "--skip-bad-images"}``."""
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    sub = subparsers.choices[command]
+    """The options of sub-command ``command``, by destination: ``{"skip_bad_images": "--skip-bad-images"}``.
+
+    A nested job is named with its group: ``"detect train"``.
+    """
+    sub = parser
+    for name in command.split():
+        subparsers = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction))
+        sub = subparsers.choices[name]
     return {
         action.dest: next(o for o in action.option_strings if o.startswith("--"))
         for action in sub._actions
@@ -99,13 +125,38 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none to show."""
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's default, said once: the help's own words, else ``(default: VALUE)`` from argparse.
+
+    The one rule for every command (tests/test_new_user.py checks it on every sub-command's help):
+    a help that states its default in words (``default 64``, ``default: the crop size``) is left as
+    it is; otherwise an option that takes a value gets its default appended, 0 and 0.0 included; an
+    on/off switch (``--dynamic-batch / --no-dynamic-batch``) says which is the default; a plain flag
+    is off unless given and says nothing. An option whose default is ``None`` must say in its help
+    what happens without it.
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or isinstance(action.default, bool):
-            return action.help
-        return super()._get_help_string(action)
+        text = action.help
+        if not text or text == argparse.SUPPRESS or not action.option_strings or states_default(text):
+            return text
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if isinstance(action.default, bool):
+                return f"{text} (default: {action.option_strings[0 if action.default else 1]})"
+            return text
+        if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# A help states its default in words: "default 64", "(default: off)", "default: cuda" (a quoted
+# 'default', a value of --pretrained, is no statement of one).
+_STATES_DEFAULT = re.compile(r"(?<!')\bdefault\b(?!')", re.I)
+
+
+def states_default(help_text: str) -> bool:
+    """Whether an option's help already says its default (so the formatter adds none)."""
+    return bool(_STATES_DEFAULT.search(help_text))
 
 
 # ----------------------------------------------------------------------------- bench and demo
@@ -161,6 +212,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         extras=not args.no_extras,
         dtypes=args.dtype or defaults.dtypes,
         variants=args.variants,
+        backend=args.backend,
     )
     results = run_benchmarks(config)
     sections = judge(results["measurements"]) if judge else ()
@@ -204,13 +256,19 @@ def _add_bench_and_demo(command: Any) -> None:
         "--variants",
         nargs="+",
         metavar="NAME",
-        help="time only these variants besides the baseline, e.g. 'ours int8' 'torchvision quantized int8'",
+        help="time only these variants besides the baseline, e.g. 'ours int8' 'torchvision quantized int8' "
+        "(default: every variant of the chosen --dtype)",
+    )
+    add_backend_option(
+        cmd,
+        help="the engine our optimized and int8 variants run on through optimize(backend=...) "
+        "(the compiled ones are torch's); the engines' own rows are timed whatever it is",
     )
     cmd.add_argument(
         "--targets",
         metavar="FILE",
         help="a Python file whose report_sections(measurements) judges the run against its targets "
-        "(benchmarks/bench.py passes benchmarks/targets.py)",
+        "(benchmarks/bench.py passes benchmarks/targets.py; default: no judgement, the figures only)",
     )
     cmd.add_argument(
         "--out",
@@ -250,6 +308,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command that ``args`` ran: ``backbones detect train``'s, not ``backbones``'."""
+    while True:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subparsers[0].dest, None) if subparsers else None
+        if chosen is None:
+            return parser
+        parser = subparsers[0].choices[chosen]
+
+
+def _one_line_warnings(command: str, flags: dict[str, str]) -> None:
+    """Warnings as the errors are: one line naming the command, in its own words, no source line.
+
+    torch's notices of its own deprecations (``torch.jit.script is deprecated``) speak to this
+    package's code, not to what the user typed, and are left out.
+    """
+
+    def show(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
+        lines = str(message).strip().splitlines()
+        text = cli_syntax(lines[0] if lines else category.__name__, flags)
+        sys.stderr.write(f"backbones {command}: warning: {text}\n")
+
+    warnings.showwarning = show
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"torch(\.|$)")
+
+
 def _quiet_broken_pipe() -> int:
     # The reader is gone: point stdout at /dev/null so the interpreter's final flush stays silent.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -260,9 +345,14 @@ def _quiet_broken_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit status: 0, or 2 with a one-line error."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse's own message would name `backbones`, not the command that lacks the option
+        _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        status = args.run(args)
+        with warnings.catch_warnings():
+            if not os.environ.get("BACKBONES_DEBUG"):
+                _one_line_warnings(args.command, command_flags(parser, args.command))
+            status = args.run(args)
         sys.stdout.flush()  # a closed pipe shows up here rather than at exit
         return status
     except BrokenPipeError:

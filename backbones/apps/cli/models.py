@@ -39,7 +39,7 @@ def add_pretrained_option(
             (``True``) or random ones (``False``); a tag in the name always means its weights.
         aliases: Older spellings kept working (``--weights``).
     """
-    without = "the default weights" if default_weights else "random weights"
+    without = "its published weights" if default_weights else "random weights"
     command.add_argument(
         "--pretrained",
         *aliases,
@@ -48,7 +48,7 @@ def add_pretrained_option(
         const=_DEFAULT,
         metavar="WEIGHTS",
         help=f"for an architecture: a weight tag (tv_in1k), a weights file or folder, an OWNER/NAME Hub repo, "
-        f"'{_DEFAULT}' (also the option alone) or 'none' for random weights (without it: the tag in the name, "
+        f"'{_DEFAULT}' (also the option alone) or 'none' for random weights (default: the tag in the name, "
         f"else {without}); saved folders, files and Hub repos bring their own",
     )
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backbones.core.vocabulary import DTYPES, dtype_name
+from backbones.core.vocabulary import DTYPES, ENGINES, dtype_name
 
 __all__ = [
     "add_device_option",
@@ -204,6 +204,19 @@ def add_dtype_option(
         nargs=nargs,
         metavar="{" + ",".join(allowed) + "}",
         help=help,
+    )
+
+
+def add_backend_option(command: argparse.ArgumentParser, *, help: str | None = None) -> None:
+    """``--backend {torch,openvino,onnxruntime,auto}``: the engine ``optimize`` runs the model on."""
+    command.add_argument(
+        "--backend",
+        type=str.lower,
+        choices=ENGINES,
+        default="torch",
+        help=help
+        or "engine that runs the model: torch's own kernels, openvino (pip install backbones[openvino]), "
+        "onnxruntime, or auto (the fastest installed one, timed here)",
     )
 
 

@@ -34,7 +34,9 @@ def add_commands(command: Any) -> None:
     )
     cmd.add_argument("--out", required=True, help="a .safetensors file, or a folder for save_pretrained")
     cmd.add_argument(
-        "--model-kwargs", type=json_object, help="model options as a JSON object, e.g. '{\"num_classes\": 10}'"
+        "--model-kwargs",
+        type=json_object,
+        help="model options as a JSON object, e.g. '{\"num_classes\": 10}' (default: none)",
     )
 
     cmd = command("push", "publish a save_pretrained folder to the Hugging Face Hub", _cmd_push)

@@ -35,6 +35,7 @@ from backbones.apps.extract.store import (
     write_index_and_manifest,
     write_shard,
 )
+from backbones.apps.output_lock import output_lock
 from backbones.apps.parallel import DistributedContext, barrier, distributed_session, main_process_progress
 from backbones.core.version import __version__
 from backbones.core.vocabulary import dtype_name
@@ -89,7 +90,7 @@ def _make_plan(
         "model": source.reference,
         "architecture": source.architecture,
         "weights": source.describe_weights(),
-        "weights_sha256": state_dict_sha256(model),
+        "state_dict_sha256": state_dict_sha256(model),
         "preprocessing": _preprocessing(dataset, model),
         "layers": list(selection.outputs),
         "data": dataset.source if dataset.source in BUILTIN_DATASETS else str(Path(dataset.source).resolve()),
@@ -244,7 +245,8 @@ def extract(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     store_dtype = STORED_DTYPES[dtype]
     out = Path(out).expanduser()
-    with distributed_session(device=device, timeout=timeout, recovery=_RECOVERY) as context:
+    session = distributed_session(device=device, timeout=timeout, recovery=_RECOVERY)
+    with session as context, output_lock(out, context):  # one writer per out folder, from the start
         source = resolve_model(model, pretrained, default=True)
         loaded = source.build(progress=progress, seed=seed).eval()
         selection = parse_layers(layers, loaded)  # before scanning a folder that may hold millions

@@ -68,7 +68,7 @@ _INDEX_ERRORS = "surrogateescape"
 # What the refusal message names when an output folder holds other features.
 _COMPARED = {
     "model": "model",
-    "weights_sha256": "weights",
+    "state_dict_sha256": "weights",
     "preprocessing": "preprocessing",
     "layers": "layers",
     "dtype": "dtype",
@@ -211,6 +211,13 @@ def check_output_folder(out: Path, plan: dict[str, Any], *, overwrite: bool) -> 
         return True
     if existing.get("fingerprint") == plan["fingerprint"]:
         return False
+    if "weights_sha256" in existing and "state_dict_sha256" not in existing:
+        # Before 'state_dict_sha256' the same digest was named 'weights_sha256', a name that elsewhere
+        # means the sha256 of a weights file; the renamed field changes every fingerprint.
+        raise FileExistsError(
+            f"{out} holds features written by an older backbones (its manifest.json says 'weights_sha256', now "
+            f"'state_dict_sha256'); pass overwrite=True to extract them again, or choose another output folder"
+        )
     differing = [label for key, label in _COMPARED.items() if existing.get(key) != _as_json(plan.get(key))]
     differing = differing or ["settings"]
     raise FileExistsError(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -152,10 +154,14 @@ def train_one_epoch(
     description: str,
     progress: bool,
     epoch: int = 1,
+    batch_loss: Callable[[nn.Module, Any], tuple[Tensor, int]] | None = None,
 ) -> EpochStats:
     """Run one pass over ``loader`` (the model already in training mode), one schedule step per batch.
 
     A loss that is not finite in any process stops every process at that step, before its update.
+    ``batch_loss(model, batch) -> (loss, images)`` replaces the classification loss of an
+    ``(images, labels)`` batch: the detection head trains through this same loop (it is called
+    under the ``dtype`` autocast).
 
     Raises:
         DivergenceError: The loss became NaN or infinite (the message names the epoch and step).
@@ -163,10 +169,13 @@ def train_one_epoch(
     total_loss, seen, lr = 0.0, 0, 0.0
     start = time.perf_counter()
     batches = main_process_progress(loader, context, desc=description, leave=False, disable=None if progress else True)
-    for step, (images, target) in enumerate(batches, 1):
-        images, target = images.to(context.device, non_blocking=True), target.to(context.device, non_blocking=True)
+    for step, batch in enumerate(batches, 1):
         with _autocast(context.device, dtype):
-            loss = compute_loss(model(images), target, label_smoothing)
+            if batch_loss is None:
+                images, target = (t.to(context.device, non_blocking=True) for t in batch)
+                loss, images_in_batch = compute_loss(model(images), target, label_smoothing), len(target)
+            else:
+                loss, images_in_batch = batch_loss(model, batch)
         value = float(loss.detach())
         if _anywhere(not math.isfinite(value), context):
             what = f"the loss is {value}" if not math.isfinite(value) else "the loss is not finite in another process"
@@ -180,8 +189,8 @@ def train_one_epoch(
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         schedule.step()
-        total_loss += value * len(target)
-        seen += len(target)
+        total_loss += value * images_in_batch
+        seen += images_in_batch
     seconds = time.perf_counter() - start
     loss_sum, count = all_reduce_sum([total_loss, seen], context)
     if not count:

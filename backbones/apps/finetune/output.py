@@ -14,6 +14,7 @@ import torch.nn as nn
 from backbones.core.files import TEMP_SUFFIX, atomic_path, atomic_write_text, is_temporary
 
 __all__ = [
+    "CLASSIFICATION_PANELS",
     "CURVES_NAME",
     "METRICS_NAME",
     "remove_leftover_temporaries",
@@ -42,8 +43,21 @@ def _finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_curves(folder: Path, records: list[dict[str, Any]]) -> Path | None:
-    """Plot the losses and accuracies against epochs into ``curves.png``; ``None`` without matplotlib."""
+# A panel of curves.png: (title, y-axis label, [(record key, line label, scale)]).
+Panel = tuple[str, str, list[tuple[str, str, float]]]
+CLASSIFICATION_PANELS: tuple[Panel, ...] = (
+    ("loss", "loss", [("train_loss", "train", 1.0), ("val_loss", "validation", 1.0)]),
+    ("accuracy", "validation accuracy (%)", [("val_top1", "top-1", 100.0), ("val_top5", "top-5", 100.0)]),
+)
+
+
+def write_curves(
+    folder: Path, records: list[dict[str, Any]], panels: tuple[Panel, ...] = CLASSIFICATION_PANELS
+) -> Path | None:
+    """Plot the losses and accuracies against epochs into ``curves.png``; ``None`` without matplotlib.
+
+    ``panels`` says what each plot shows (default: fine-tuning's losses and top-1 / top-5).
+    """
     try:
         import matplotlib
 
@@ -52,14 +66,12 @@ def write_curves(folder: Path, records: list[dict[str, Any]]) -> Path | None:
     except ImportError:
         return None
     epochs = [r["epoch"] for r in records]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, [r["train_loss"] for r in records], marker="o", label="train")
-    loss_axis.plot(epochs, [r["val_loss"] for r in records], marker="o", label="validation")
-    loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
-    accuracy_axis.plot(epochs, [100 * r["val_top1"] for r in records], marker="o", label="top-1")
-    accuracy_axis.plot(epochs, [100 * r["val_top5"] for r in records], marker="o", label="top-5")
-    accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy (%)", title="accuracy")
-    for axis in (loss_axis, accuracy_axis):
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for axis, (title, ylabel, lines) in zip(axes[0], panels, strict=True):
+        for key, label, scale in lines:
+            values = [None if r.get(key) is None else scale * r[key] for r in records]
+            axis.plot(epochs, values, marker="o", label=label)
+        axis.set(xlabel="epoch", ylabel=ylabel, title=title)
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()

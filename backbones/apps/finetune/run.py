@@ -30,6 +30,7 @@ from backbones.apps.finetune.model_setup import (
 )
 from backbones.apps.finetune.optim import build_optimizer, build_schedule
 from backbones.apps.finetune.output import remove_leftover_temporaries, save_model, write_curves, write_metrics
+from backbones.apps.output_lock import output_lock
 from backbones.apps.parallel import (
     DistributedContext,
     barrier,
@@ -178,10 +179,12 @@ class _PreparedRun:
 
 
 def _run(config: FinetuneConfig, context: DistributedContext) -> FinetuneResult:
-    prepared = _prepare(config, context)
-    for epoch in range(prepared.start, config.epochs):
-        _run_epoch(config, context, prepared, epoch)
-    return _finish(config, context, prepared)
+    # Held from before the first read of the folder to after the model is saved: one writer per --out.
+    with output_lock(config.out, context, command=config.command or _api_call(config)):
+        prepared = _prepare(config, context)
+        for epoch in range(prepared.start, config.epochs):
+            _run_epoch(config, context, prepared, epoch)
+        return _finish(config, context, prepared)
 
 
 def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRun:
@@ -210,7 +213,8 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
     augment = config.augment if config.augment is not None else config.data != "digits"
     train_set = open_dataset(config.data, "train", model=reference, training=augment, **data_options)
     val_set = open_dataset(config.data, "val", model=reference, **data_options)
-    skipped = [*train_set.skipped, *val_set.skipped]
+    # Without val_data both splits come from one scan, and each lists its skipped images.
+    skipped = [*train_set.skipped, *(val_set.skipped if config.val_data is not None else [])]
     if skipped:
         _say(context, config, f"skipped {len(skipped)} unreadable images: {', '.join(skipped)}")
     torch.manual_seed(config.seed)  # the training's random draws (dropout) start alike in every process
