@@ -186,7 +186,7 @@ def test_coco_weights_for_another_class_count_keep_a_fresh_predictor(tmp_path) -
         (lambda: backbones.detector("resnet18"), r"a detector is built on an FPN.*its FPN is 'resnet18_fpn'"),
         (lambda: backbones.detector("resnet18_fpn", pretrained="tv_coco"), r"COCO detector on 'resnet50_fpn'"),
         (lambda: backbones.detector("resnet18_fpn", num_classes=1), r"num_classes must be an int from 2"),
-        (lambda: backbones.detector("resnet18_fpn", min_size=900), r"max_size \(1333\) must be at least min_size"),
+        (lambda: backbones.detector("resnet18_fpn", min_size=900, max_size=800), r"max_size \(800\) must be at least"),
         (lambda: backbones.detector("resnet18_fpn", box_roi_pool=nn.Identity()), r"box_roi_pool=.*has no JSON form"),
     ],
     ids=["kind", "classifier", "coco-elsewhere", "classes", "sizes", "module-option"],

@@ -5,16 +5,17 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
 
 import backbones
 from backbones.runtime.export import ExportError
-from backbones.runtime.openvino_engine import compile_for_cpu
-from backbones.runtime.outputs import EngineError
+from backbones.runtime.openvino_engine import check_precision
+from backbones.runtime.outputs import EngineError, OutputStructure
 
-from .helpers import fresh_model, relative_max_diff, test_input_size
+from .helpers import fresh_model, relative_max_diff
 from .test_int8 import ACTIVATION_FLOOR_DB, _digits, _signal_preserving, sqnr_db
 from .test_optimize import BF16_COSINE, FP32_TOLERANCE, _cosine
 
@@ -38,29 +39,52 @@ CASES = [(backend, dtype) for backend in INSTALLED for dtype in _precisions(back
 
 
 @pytest.fixture(scope="module")
-def resnet18() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
-    """resnet18 at its 32x32 minimum, weights at a trained network's scale, digits to calibrate and hold out."""
-    model = _signal_preserving(fresh_model("resnet18")).eval()
+def tiny() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
+    """resnet18's stem and first stage (a features_only extractor: an OrderedDict of one map), weights at a
+    trained network's scale, digits at 32x32 to calibrate and to hold out. Converting the whole
+    network is 5x the time, for the same operators."""
+    model = _signal_preserving(fresh_model("resnet18", features_only=True, out_indices=(1,))).eval()
     return model, _digits(model, "train", batches=2, batch_size=4), _digits(model, "val", batches=1, batch_size=4)[0]
 
 
+# Built once per module: the size check below reuses the accuracy test's fp32 builds.
+_BUILT: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def _optimized(tiny, backend: str, dtype: str) -> torch.nn.Module:
+    model, calibration, held_out = tiny
+    if (backend, dtype) not in _BUILT:
+        int8 = {"calibration": calibration} if dtype == "int8" else {}
+        _BUILT[backend, dtype] = backbones.optimize(model, dtype, backend=backend, sample=held_out, **int8)
+    return _BUILT[backend, dtype]
+
+
 @pytest.mark.parametrize(("backend", "dtype"), CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def test_every_backend_meets_the_accuracy_floor_of_its_precision(resnet18, backend: str, dtype: str) -> None:
-    model, calibration, held_out = resnet18
-    fast = backbones.optimize(
-        model, dtype, backend=backend, calibration=calibration if dtype == "int8" else None, sample=held_out
-    )
+def test_every_backend_meets_the_accuracy_floor_of_its_precision(tiny, backend: str, dtype: str) -> None:
+    model, _, held_out = tiny
+    fast = _optimized(tiny, backend, dtype)
     assert fast.backend == backend and fast.dtype == dtype
     with torch.no_grad():
-        expected = model(held_out)
+        expected = model(held_out[:3])
     got = fast(held_out[:3])  # another batch size than the sample's: the batch is dynamic
-    assert got.dtype == torch.float32 and got.shape == expected[:3].shape
-    if dtype == "fp32":
-        assert relative_max_diff(got, expected[:3]) <= FP32_TOLERANCE
-    elif dtype == "bf16":
-        assert _cosine(got, expected[:3]).min() >= BF16_COSINE
-    else:
-        assert sqnr_db(expected[:3], got) >= ACTIVATION_FLOOR_DB
+    assert type(got) is OrderedDict and list(got) == list(expected)
+    for mine, reference in zip(got.values(), expected.values(), strict=True):
+        assert mine.dtype == torch.float32 and mine.shape == reference.shape
+        if dtype == "fp32":
+            assert relative_max_diff(mine, reference) <= FP32_TOLERANCE
+        elif dtype == "bf16":
+            assert _cosine(mine, reference).min() >= BF16_COSINE
+        else:
+            assert sqnr_db(reference, mine) >= ACTIVATION_FLOOR_DB
+
+
+def test_an_engine_model_refuses_another_size_than_it_was_built_for_in_one_line(tiny) -> None:
+    for backend in INSTALLED:
+        fast = _optimized(tiny, backend, "fp32")
+        with pytest.raises(ValueError, match=r"compiled for 32x32 images, got 48x48; .*dynamic_size=True"):
+            fast(torch.randn(1, 3, 48, 48))
+        with pytest.raises(ValueError, match="expected 3 input channels"):
+            fast(torch.randn(1, 1, 32, 32))
 
 
 def _assert_same_maps(got: object, expected: OrderedDict) -> None:
@@ -68,19 +92,14 @@ def _assert_same_maps(got: object, expected: OrderedDict) -> None:
     assert relative_max_diff(got, expected) <= FP32_TOLERANCE
 
 
-# Each backend and each exported format returns an OrderedDict once: the extractor on one, the FPN
-# on the other (the unflattening is shared; what differs is how each engine orders and names outputs).
-MAP_MODELS = {
-    "openvino": ("resnet18", {"features_only": True, "out_indices": (1, 2)}),
-    "onnxruntime": ("resnet18_fpn", {}),
-}
+def _two_stages() -> torch.nn.Module:
+    return fresh_model("resnet18", features_only=True, out_indices=(1, 2)).eval()
 
 
 @pytest.mark.parametrize("backend", INSTALLED)
-def test_extractor_and_fpn_keep_their_ordered_maps_on_other_backends(backend: str) -> None:
-    name, options = MAP_MODELS[backend]
-    model = fresh_model(name, **options).eval()
-    x = torch.randn(2, 3, test_input_size(model, 32), test_input_size(model, 32) + 16)
+def test_several_maps_keep_their_names_and_order_on_other_backends(backend: str) -> None:
+    model = _two_stages()
+    x = torch.randn(2, 3, 32, 48)
     fast = backbones.optimize(model, backend=backend, sample=x)
     with torch.no_grad():
         _assert_same_maps(fast(x), model(x))
@@ -90,8 +109,7 @@ def test_extractor_and_fpn_keep_their_ordered_maps_on_other_backends(backend: st
 @pytest.mark.parametrize("backend", INSTALLED)
 def test_an_exported_file_loads_with_the_model_outputs(tmp_path, backend: str) -> None:
     """ONNX (run in onnxruntime) and OpenVINO IR: load_exported gives the eager outputs in their structure."""
-    name, options = MAP_MODELS["onnxruntime" if backend == "openvino" else "openvino"]  # the other model
-    model = fresh_model(name, **options).eval()
+    model = _two_stages()
     suffix = ".xml" if backend == "openvino" else ".onnx"
     path = backbones.export(
         model, tmp_path / f"model{suffix}", dynamic_size=True, example_input=torch.randn(2, 3, 64, 64)
@@ -99,20 +117,22 @@ def test_an_exported_file_loads_with_the_model_outputs(tmp_path, backend: str) -
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == (["model.bin", "model.xml"] if backend == "openvino" else ["model.onnx"])  # nothing half-written
     loaded = backbones.load_exported(path)
-    assert loaded.backend == backend
+    assert loaded.backend == backend and loaded.dtype == "fp32"
     x = torch.randn(1, 3, 64, 96)  # another size: exported with dynamic_size
     with torch.no_grad():
         _assert_same_maps(loaded(x), model(x))
 
 
 @pytest.mark.skipif("openvino" not in INSTALLED, reason="needs the openvino extra, which `make test` installs")
-def test_int8_openvino_export_writes_an_nncf_quantized_ir(tmp_path, resnet18) -> None:
-    model, calibration, held_out = resnet18
-    path = backbones.export(model, tmp_path / "resnet18.xml", dtype="int8", calibration=calibration)
+def test_int8_openvino_export_writes_an_nncf_quantized_ir(tmp_path, tiny) -> None:
+    model, calibration, held_out = tiny
+    path = backbones.export(model, tmp_path / "tiny.xml", dtype="int8", calibration=calibration)
     assert "FakeQuantize" in path.read_text()  # NNCF's int8 operations
     loaded = backbones.load_exported(path)
+    assert loaded.dtype == "int8"
     with torch.no_grad():
-        assert loaded.dtype == "int8" and sqnr_db(model(held_out), loaded(held_out)) >= ACTIVATION_FLOOR_DB
+        for reference, mine in zip(model(held_out).values(), loaded(held_out).values(), strict=True):
+            assert sqnr_db(reference, mine) >= ACTIVATION_FLOOR_DB
 
 
 def test_auto_keeps_the_fastest_backend_and_says_why_even_with_one_missing(monkeypatch, caplog) -> None:
@@ -139,9 +159,9 @@ def test_a_backend_that_is_not_installed_is_one_line_naming_the_install(monkeypa
         backbones.optimize(fresh_model("resnet18"), backend=backend)
 
 
-def test_int8_on_openvino_without_nncf_names_the_extra(monkeypatch, resnet18) -> None:
+def test_int8_on_openvino_without_nncf_names_the_extra(monkeypatch, tiny) -> None:
     monkeypatch.setitem(sys.modules, "nncf", None)
-    model, calibration, _ = resnet18
+    model, calibration, _ = tiny
     with pytest.raises(EngineError, match=r"needs NNCF: pip install backbones\[openvino\]"):
         backbones.optimize(model, "int8", backend="openvino", calibration=calibration)
 
@@ -157,7 +177,7 @@ def test_bf16_is_refused_where_the_backend_or_the_cpu_has_none(monkeypatch) -> N
 
     monkeypatch.setattr(openvino, "Core", CpuWithoutBf16)
     with pytest.raises(EngineError, match="cannot run bf16 on this CPU: it has no bf16 instructions"):
-        compile_for_cpu(None, "bf16")
+        check_precision("bf16")
 
 
 @pytest.mark.parametrize(
@@ -175,28 +195,31 @@ def test_backend_misuse_is_one_clear_error(options: dict, error: type, message: 
         backbones.optimize(fresh_model("resnet18"), **options)
 
 
-def test_an_engine_model_refuses_another_size_than_it_was_built_for_in_one_line(resnet18) -> None:
-    model, _, held_out = resnet18
-    fast = backbones.optimize(model, backend=INSTALLED[0], sample=held_out)
-    with pytest.raises(ValueError, match=r"compiled for 32x32 images, got 48x48; .*dynamic_size=True"):
-        fast(torch.randn(1, 3, 48, 48))
-    with pytest.raises(ValueError, match="expected 3 input channels"):
-        fast(torch.randn(1, 1, 32, 32))
-
-
 @pytest.mark.parametrize("name", ["model.pt2", "missing.onnx"])
 def test_load_exported_refuses_what_it_cannot_run_in_one_line(tmp_path, name: str) -> None:
     with pytest.raises(ExportError, match=r"runs \.onnx and OpenVINO \.xml files|no exported file"):
         backbones.load_exported(tmp_path / name)
 
 
-def test_import_backbones_optimize_imports_no_engine() -> None:
-    from .helpers import run_python
+def test_the_engines_are_imported_only_inside_the_functions_that_need_them() -> None:
+    """So `import backbones` (and backbones.optimize) never loads OpenVINO, NNCF or onnxruntime."""
+    import ast
+    import inspect
 
-    engines = {"openvino", "nncf", "onnxruntime", "onnx"}
-    code = (
-        f"import sys, backbones; backbones.optimize, backbones.load_exported; print([*{engines} & sys.modules.keys()])"
-    )
-    result = run_python(code)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    import backbones.runtime as runtime
+
+    for path in sorted(Path(inspect.getfile(runtime)).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & {"openvino", "nncf", "onnxruntime", "onnx"}, path.name
+
+
+def test_the_output_structure_round_trips_through_the_files_metadata() -> None:
+    logits = OutputStructure.of(torch.zeros(2, 10), min_input_size=32)
+    maps = OutputStructure.of(OrderedDict(layer2=torch.zeros(1), layer4=torch.zeros(1)))
+    assert [OutputStructure.from_json(s.to_json()) for s in (logits, maps)] == [logits, maps]
+    assert OutputStructure.from_names(["logits"]).named is False  # a file without our metadata
+    assert torch.equal(logits.unflatten([torch.ones(2, 10)]), torch.ones(2, 10))
+    assert list(maps.unflatten([torch.zeros(1), torch.ones(1)])) == ["layer2", "layer4"]

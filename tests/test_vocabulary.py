@@ -34,7 +34,7 @@ def test_export_formats_are_named_once() -> None:
     from backbones.runtime.export import FORMATS
 
     assert FORMATS is EXPORT_FORMATS and export_format_name("ONNX") == "onnx"
-    with pytest.raises(ValueError, match="format must be 'onnx', 'pt2' or 'torchscript'"):
+    with pytest.raises(ValueError, match="format must be 'onnx', 'pt2', 'torchscript' or 'openvino'"):
         export_format_name("tflite")
 
 

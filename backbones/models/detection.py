@@ -237,7 +237,7 @@ def _detector_config(
         "extra_blocks": pyramid["extra_blocks"],
         "anchor_sizes": _json_ready(sizes, "anchor_sizes"),
         "aspect_ratios": _json_ready(ratios, "aspect_ratios"),
-        "detector_kwargs": _json_ready(extra, "detector_kwargs"),
+        "detector_kwargs": {key: _json_ready(value, key) for key, value in extra.items()},
         "pretrained_backbone": pretrained_backbone if isinstance(pretrained_backbone, (bool, str)) else False,
     }
 

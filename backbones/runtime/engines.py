@@ -29,7 +29,7 @@ from backbones.core.vocabulary import BACKENDS
 from backbones.runtime.export import export
 from backbones.runtime.fusion import folded_copy
 from backbones.runtime.onnxruntime_engine import check_dtype, load_onnx, onnxruntime_module
-from backbones.runtime.openvino_engine import compile_for_cpu, convert, engine_model, quantize_nncf
+from backbones.runtime.openvino_engine import check_precision, compile_for_cpu, convert, engine_model, quantize_nncf
 from backbones.runtime.outputs import EngineModel, first_line
 from backbones.runtime.quantize import calibration_tensors
 
@@ -85,6 +85,7 @@ def build_on_backend(
 def _on_openvino(
     model: nn.Module, dtype: str, batches: list[Tensor] | None, example: Tensor, dynamic_size: bool
 ) -> EngineModel:
+    check_precision(dtype)  # before the conversion's seconds
     network, _ = folded_copy(model)  # an eval-mode copy; OpenVINO would fold the norms itself, torch's tracer not
     network.min_input_size = getattr(model, "min_input_size", 1)
     ov_model, structure = convert(network, example, dynamic_size)

@@ -26,7 +26,17 @@ from torch import Tensor
 
 from backbones.runtime.outputs import DTYPE_KEY, METADATA_KEY, EngineError, EngineModel, OutputStructure, first_line
 
-__all__ = ["compile_for_cpu", "convert", "engine_model", "load_ir", "openvino_module", "quantize_nncf", "structure_of"]
+__all__ = [
+    "check_precision",
+    "compile_for_cpu",
+    "convert",
+    "engine_model",
+    "load_ir",
+    "nncf_module",
+    "openvino_module",
+    "quantize_nncf",
+    "structure_of",
+]
 
 INSTALL = "pip install backbones[openvino]"
 # Inference-precision hints by our precision names; int8's float operations stay float32, as the
@@ -84,16 +94,43 @@ def convert(
     return ov_model, structure
 
 
+def nncf_module() -> Any:
+    """The ``nncf`` package.
+
+    Raises:
+        EngineError: It is not installed.
+    """
+    try:
+        import nncf
+    except ImportError:
+        raise EngineError(f"int8 with backend='openvino' needs NNCF: {INSTALL}") from None
+    return nncf
+
+
+def check_precision(dtype: str) -> None:
+    """Refuse, before any conversion, a precision this CPU cannot run in OpenVINO (or int8 without NNCF).
+
+    Raises:
+        EngineError: OpenVINO (or, for int8, NNCF) is not installed, or bf16 on a CPU that OpenVINO
+            says has no bf16.
+    """
+    ov = openvino_module()
+    if dtype == "int8":
+        nncf_module()
+    if dtype == "bf16" and "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise EngineError(
+            "backend='openvino' cannot run bf16 on this CPU: it has no bf16 instructions (OpenVINO's CPU "
+            "capabilities lack BF16); use dtype='fp32' or 'int8', or backend='torch' for bf16"
+        )
+
+
 def quantize_nncf(ov_model: Any, batches: list[Tensor]) -> Any:
     """``ov_model`` quantized to int8 by NNCF's post-training quantization, ranges from ``batches``.
 
     Raises:
         EngineError: NNCF is not installed.
     """
-    try:
-        import nncf
-    except ImportError:
-        raise EngineError(f"int8 with backend='openvino' needs NNCF: {INSTALL}") from None
+    nncf = nncf_module()
     dataset = nncf.Dataset([batch.float().contiguous().numpy() for batch in batches])
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
@@ -115,13 +152,8 @@ def compile_for_cpu(ov_model: Any, dtype: str, threads: int | None = None) -> An
     Raises:
         EngineError: bf16 on a CPU that OpenVINO says has no bf16.
     """
-    ov = openvino_module()
-    core = ov.Core()
-    if dtype == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        raise EngineError(
-            "backend='openvino' cannot run bf16 on this CPU: it has no bf16 instructions (OpenVINO's CPU "
-            "capabilities lack BF16); use dtype='fp32' or 'int8', or backend='torch' for bf16"
-        )
+    check_precision(dtype)
+    core = openvino_module().Core()
     config = {
         "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[dtype],
         "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
