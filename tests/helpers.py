@@ -146,6 +146,36 @@ def zeroed_model(name: str, **kwargs) -> nn.Module:
     return model
 
 
+def killed_after_epoch_script(module: str, epoch: int = 1) -> str:
+    """A ``python -c`` script that runs the CLI (``sys.argv[1:]``) and SIGKILLs itself right after the
+    epoch-``epoch`` checkpoint, which ``module`` (e.g. ``"backbones.apps.finetune.run"``) writes
+    through its ``save_checkpoint``: a run killed at the worst moment, for resume tests."""
+    return f"""
+import os, signal, sys
+import {module} as job
+save = job.save_checkpoint
+def save_then_die(folder, epoch, *args, **kwargs):
+    save(folder, epoch, *args, **kwargs)
+    if epoch == {epoch}:
+        os.kill(os.getpid(), signal.SIGKILL)
+job.save_checkpoint = save_then_die
+from backbones.apps.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def assert_same_detections(got: list[dict], expected: list[dict]) -> None:
+    """Two detectors' outputs on the same images agree: each image has detections, the same labels,
+    boxes within 1e-4 px, scores within 1e-6 (and masks within 1e-5 where there are masks)."""
+    for mine, theirs in zip(got, expected, strict=True):
+        assert len(theirs["boxes"]) > 0
+        assert torch.equal(mine["labels"], theirs["labels"])
+        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-6, rtol=0)
+        if "masks" in theirs:
+            torch.testing.assert_close(mine["masks"], theirs["masks"], atol=1e-5, rtol=0)
+
+
 def run_cli(
     *args: str,
     env: dict[str, str] | None = None,

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from backbones.apps.cli.main import main
 
-from .helpers import REPO_ROOT, assert_one_line_error, run_cli
+from .helpers import REPO_ROOT, assert_one_line_error, killed_after_epoch_script, run_cli
 
 # One xdist worker runs them all: the torchrun and killed runs (module fixtures) then run once.
 pytestmark = pytest.mark.xdist_group("detect")
@@ -187,18 +187,7 @@ def test_training_steps_lower_the_loss(straight_run: Path) -> None:
     assert {"train_classifier", "train_box_reg", "train_objectness", "train_rpn_box_reg", "AP", "AP_s"} <= set(first)
 
 
-KILL_AFTER_FIRST_EPOCH = """
-import os, signal, sys
-import backbones.apps.detect.train as train
-save = train.save_checkpoint
-def save_then_die(folder, epoch, *args, **kwargs):
-    save(folder, epoch, *args, **kwargs)
-    if epoch == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-train.save_checkpoint = save_then_die
-from backbones.apps.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
+KILL_AFTER_FIRST_EPOCH = killed_after_epoch_script("backbones.apps.detect.train")
 
 
 def test_a_run_killed_after_epoch_1_resumes_to_the_uninterrupted_weights(

@@ -16,7 +16,7 @@ from backbones.hub.download import WeightsIntegrityError
 from backbones.hub.loading import WeightsMismatchError
 from backbones.models.detection import COCO_DETECTOR_WEIGHTS, DETECTOR_KINDS, load_torchvision_detector_state
 
-from .helpers import per_model
+from .helpers import assert_same_detections, per_model
 
 # Small images and few proposals: the comparison is of the layout and the weights, not of the sizes.
 SMALL = {"min_size": 128, "max_size": 160, "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100}
@@ -59,11 +59,7 @@ def test_torchvision_coco_faster_rcnn_weights_copied_in_give_torchvisions_detect
     images = [torch.rand(3, 120, 150), torch.rand(3, 141, 123)]
     with torch.no_grad():
         got, expected = ours(images), reference(images)
-    for mine, theirs in zip(got, expected, strict=True):
-        assert len(theirs["boxes"]) > 0
-        assert torch.equal(mine["labels"], theirs["labels"])
-        torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-4, rtol=0)
-        torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-6, rtol=0)
+    assert_same_detections(got, expected)
     # torchvision's convention for a trained detector: frozen BatchNorm, conv1 and layer1 frozen.
     assert not any(isinstance(m, nn.BatchNorm2d) for m in ours.backbone.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in ours.backbone.modules())

@@ -26,7 +26,7 @@ from backbones.apps.finetune.checkpoint import CHECKPOINT_DIR, CheckpointError
 from backbones.apps.finetune.loop import compute_loss
 from backbones.models.inception import googlenet_loss
 
-from .helpers import REPO_ROOT
+from .helpers import REPO_ROOT, killed_after_epoch_script
 from .image_folders import make_image_folder, write_corrupt_image
 
 # One xdist worker runs them all: the torchrun and killed runs (module fixtures) then run once, not once a worker.
@@ -107,18 +107,7 @@ def test_one_ddp_step_on_two_halves_equals_one_step_on_the_whole_batch(
     assert max((ddp[k] - alone[k]).abs().max().item() for k in ddp) <= 1e-6
 
 
-KILL_AFTER_FIRST_EPOCH = """
-import os, signal, sys
-import backbones.apps.finetune.run as run
-save = run.save_checkpoint
-def save_then_die(folder, epoch, *args, **kwargs):
-    save(folder, epoch, *args, **kwargs)
-    if epoch == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-run.save_checkpoint = save_then_die
-from backbones.apps.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
+KILL_AFTER_FIRST_EPOCH = killed_after_epoch_script("backbones.apps.finetune.run")
 
 
 def _resume_args(folders, out: Path) -> list[str]:

@@ -10,7 +10,7 @@ import backbones
 from backbones.hub.convert import convert_state_dict
 from backbones.models.fpn import PRETRAINED_BODY_OPTIONS, FeaturePyramidNetwork, LastLevelP6P7, fpn_backbone
 
-from .helpers import fresh_model, meta_model, per_model, relative_max_diff
+from .helpers import assert_same_detections, fresh_model, meta_model, per_model, relative_max_diff
 
 FPN_MODELS = backbones.list_models(kind="fpn")
 
@@ -155,13 +155,8 @@ def test_torchvision_detector_with_our_backbone_gives_the_same_detections(detect
     images = [torch.rand(3, 150, 200), torch.rand(3, 181, 163)]
     with torch.no_grad():
         got, expected = ours(images), reference(images)
-    for mine, theirs in zip(got, expected, strict=True):
-        assert len(theirs["boxes"]) > 0
-        assert torch.equal(mine["labels"], theirs["labels"])
-        assert torch.allclose(mine["boxes"], theirs["boxes"], atol=1e-4)
-        assert torch.allclose(mine["scores"], theirs["scores"], atol=1e-6)
-        if detector == "maskrcnn":
-            assert torch.allclose(mine["masks"], theirs["masks"], atol=1e-5)
+    assert_same_detections(got, expected)
+    assert all(("masks" in d) == (detector == "maskrcnn") for d in expected)
 
 
 def test_resnet50_fpn_without_weights_trains_everything_like_torchvisions_detector() -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "distributed_session",
     "main_process_progress",
     "restarted_by_torchrun",
+    "wrap_for_training",
 ]
 
 
@@ -229,6 +230,16 @@ def restarted_by_torchrun(context: DistributedContext) -> bool:
     """
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     return all_reduce_sum([restarts], context)[0] > 0
+
+
+def wrap_for_training(model: nn.Module, context: DistributedContext) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun (on this process's GPU), else ``model`` itself."""
+    if not context.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
 
 
 def all_reduce_sum(values: Sequence[float], context: DistributedContext) -> list[float]:

@@ -23,7 +23,14 @@ from backbones.apps.cli.options import (
     positive_float,
     positive_int,
 )
-from backbones.apps.detect.config import COCO_METRICS, DETECTOR_KINDS, DIGIT_SCENES, INVALID_BOXES, DetectConfig
+from backbones.apps.detect.config import (
+    COCO_METRICS,
+    DETECTOR_KINDS,
+    DIGIT_SCENES,
+    INVALID_BOXES,
+    DetectConfig,
+    coco_percent,
+)
 
 __all__ = ["add_commands"]
 
@@ -55,7 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _summary(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {'n/a' if metrics[k] is None else f'{100 * metrics[k]:.1f}'}" for k in COCO_METRICS)
+    return ", ".join(f"{k} {coco_percent(metrics[k])}" for k in COCO_METRICS)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -11,7 +11,15 @@ from typing import Any
 
 from backbones.core.vocabulary import dtype_name
 
-__all__ = ["COCO_METRICS", "DETECTOR_KINDS", "DIGIT_SCENES", "INVALID_BOXES", "RESUME_FIELDS", "DetectConfig"]
+__all__ = [
+    "COCO_METRICS",
+    "DETECTOR_KINDS",
+    "DIGIT_SCENES",
+    "INVALID_BOXES",
+    "RESUME_FIELDS",
+    "DetectConfig",
+    "coco_percent",
+]
 
 DETECTOR_KINDS = ("fasterrcnn", "retinanet", "fcos", "maskrcnn")
 # The built-in data set's name on the command line (and in DetectConfig.data).
@@ -19,6 +27,18 @@ DIGIT_SCENES = "digit-scenes"
 INVALID_BOXES = ("refuse", "drop")
 # COCO's bounding-box figures, in the order of pycocotools' COCOeval.stats.
 COCO_METRICS = ("AP", "AP50", "AP75", "AP_s", "AP_m", "AP_l", "AR_1", "AR_10", "AR_100", "AR_s", "AR_m", "AR_l")
+
+
+def coco_percent(value: float | None) -> str:
+    """A COCO figure as it is shown: a percentage with one decimal, ``n/a`` where there was nothing to score.
+
+    Example:
+        >>> coco_percent(0.4567), coco_percent(None)
+        ('45.7', 'n/a')
+    """
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
 # The precisions training supports (int8 is for inference only).
 _TRAINING_DTYPES = ("fp32", "bf16")
 # Fields that define what a checkpoint continues: --resume refuses a run that changed one of them.

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from backbones.apps.detect.config import COCO_METRICS
+from backbones.apps.detect.config import COCO_METRICS, coco_percent
 from backbones.apps.finetune.output import METRICS_NAME, write_metrics
 from backbones.core.files import atomic_write_text
 
@@ -60,7 +60,7 @@ def read_records(folder: Path) -> list[dict[str, Any]]:
 
 
 def _figures(metrics: dict[str, Any]) -> str:
-    cells = [("n/a" if metrics.get(k) is None else f"{100 * metrics[k]:.1f}") for k in COCO_METRICS]
+    cells = [coco_percent(metrics.get(k)) for k in COCO_METRICS]
     return f"| {' | '.join(cells)} |"
 
 

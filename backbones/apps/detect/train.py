@@ -17,15 +17,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from backbones.apps.detect.config import COCO_METRICS, DIGIT_SCENES, RESUME_FIELDS, DetectConfig
+from backbones.apps.detect.config import COCO_METRICS, DIGIT_SCENES, RESUME_FIELDS, DetectConfig, coco_percent
 from backbones.apps.detect.data import open_split, scene_options, split_folder
 from backbones.apps.detect.evaluate import evaluate_split
 from backbones.apps.detect.loop import DetectionLoss
 from backbones.apps.detect.output import detection_panels, write_card
 from backbones.apps.finetune.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     remove_obsolete_checkpoints,
+    resume_decision,
     save_checkpoint,
 )
 from backbones.apps.finetune.loop import check_epoch_finite, train_one_epoch
@@ -38,7 +38,7 @@ from backbones.apps.parallel import (
     barrier,
     broadcast_buffers,
     distributed_session,
-    restarted_by_torchrun,
+    wrap_for_training,
 )
 from backbones.data.loaders import make_loader, set_loader_epoch
 
@@ -147,12 +147,7 @@ def _prepare(config: DetectConfig, context: DistributedContext) -> _Prepared:
 
     started = time.time()
     folder = Path(config.out).expanduser()
-    restarted = restarted_by_torchrun(context)
-    resume = config.resume or (restarted and latest_checkpoint(folder) is not None)
-    if not resume and latest_checkpoint(folder) is not None:
-        raise ValueError(
-            f"{folder} already holds checkpoints of a run; pass resume=True to continue it or use another output folder"
-        )
+    resume, _ = resume_decision(folder, config.resume, context)
     sizes = scene_options(config.canvas, config.train_scenes, config.val_scenes) if config.data == DIGIT_SCENES else {}
     folders = {s: split_folder(config.data, s, sizes=sizes, context=context) for s in ("train", "val")}
     train_set = open_split(folders["train"], augment=config.augment, invalid_boxes=config.invalid_boxes)
@@ -181,12 +176,7 @@ def _prepare(config: DetectConfig, context: DistributedContext) -> _Prepared:
     )
     optimizer = build_optimizer(model, config)  # type: ignore[arg-type]
     schedule = build_schedule(optimizer, config, len(train_loader))  # type: ignore[arg-type]
-    trained: nn.Module = model
-    if context.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [context.device.index] if context.device.type == "cuda" else None
-        trained = DistributedDataParallel(model, device_ids=device_ids)
+    trained = wrap_for_training(model, context)
     run = {k: v for k, v in config.as_dict().items() if k in RESUME_FIELDS} | {"world_size": context.world_size}
     records: list[dict[str, Any]] = []
     start = 0
@@ -252,18 +242,14 @@ def _run_epoch(config: DetectConfig, context: DistributedContext, prepared: _Pre
         "train_loss": stats.loss,
         **{f"train_{name.removeprefix('loss_')}": value for name, value in parts.items()},
         **metrics,
-        "lr": stats.lr,
-        "images_per_s": stats.images_per_s,
-        "images_per_s_per_process": stats.images_per_s / context.world_size,
-        "seconds": stats.seconds,
-        "processes": context.world_size,
+        **stats.throughput_record(context.world_size),
     }
     prepared.records.append(record)
     _say(
         context,
         config,
-        f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, AP {_percent(metrics['AP'])}, "
-        f"AP50 {_percent(metrics['AP50'])}, AP_s {_percent(metrics['AP_s'])}, lr {stats.lr:.4g}, "
+        f"epoch {epoch + 1}/{config.epochs}: train loss {stats.loss:.4f}, AP {coco_percent(metrics['AP'])}, "
+        f"AP50 {coco_percent(metrics['AP50'])}, AP_s {coco_percent(metrics['AP_s'])}, lr {stats.lr:.4g}, "
         f"{stats.images_per_s:.1f} images/s, {stats.seconds:.1f} s",
     )
     if context.is_main:
@@ -280,10 +266,6 @@ def _run_epoch(config: DetectConfig, context: DistributedContext, prepared: _Pre
         metrics=prepared.records,
         best_top1=float(metrics["AP"] or 0.0),
     )
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _finish(config: DetectConfig, context: DistributedContext, prepared: _Prepared) -> DetectResult:
@@ -309,7 +291,11 @@ def _finish(config: DetectConfig, context: DistributedContext, prepared: _Prepar
         write_card(folder)
         remove_obsolete_checkpoints(folder, records[-1]["epoch"], prepared.started)
         remove_leftover_temporaries(folder, prepared.started)
-        _say(context, config, f"saved {folder} (validation AP {_percent(final['AP'])}, AP50 {_percent(final['AP50'])})")
+        _say(
+            context,
+            config,
+            f"saved {folder} (validation AP {coco_percent(final['AP'])}, AP50 {coco_percent(final['AP50'])})",
+        )
     barrier(context)  # no process leaves (and a caller reads the folder) before rank 0 has written it
     return DetectResult(folder, records, final, context.world_size)
 

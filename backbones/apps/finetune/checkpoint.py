@@ -41,6 +41,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "remove_obsolete_checkpoints",
+    "resume_decision",
     "save_checkpoint",
 ]
 
@@ -219,6 +220,30 @@ def latest_checkpoint(folder: Path) -> int | None:
     """
     epochs = [int(m.group(1)) for p in checkpoint_folder(folder).glob("*.json") if (m := _INDEX.match(p.name))]
     return max(epochs) if epochs else None
+
+
+def resume_decision(folder: Path, resume: bool, context: DistributedContext) -> tuple[bool, bool]:
+    """Whether a run continues the checkpoints in ``folder``, and whether torchrun restarted its group.
+
+    Under ``torchrun --max-restarts`` a restarted group continues from what the killed attempt
+    completed without being asked to; a fresh run never writes over another run's checkpoints.
+
+    Returns:
+        ``(resume, restarted)``.
+
+    Raises:
+        ValueError: ``folder`` holds checkpoints, and this is neither a resume nor a restart.
+    """
+    from backbones.apps.parallel import restarted_by_torchrun
+
+    restarted = restarted_by_torchrun(context)
+    latest = latest_checkpoint(folder)
+    resume = resume or (restarted and latest is not None)
+    if not resume and latest is not None:
+        raise ValueError(
+            f"{folder} already holds checkpoints of a run; pass resume=True to continue it or use another output folder"
+        )
+    return resume, restarted
 
 
 def _unindexed(folder: Path) -> str:

@@ -140,6 +140,16 @@ class EpochStats:
         """Training images per second, all processes together."""
         return self.images / max(self.seconds, 1e-9)
 
+    def throughput_record(self, world_size: int) -> dict[str, float | int]:
+        """The fields every epoch's metrics.jsonl record ends with: lr and speed, per run and per process."""
+        return {
+            "lr": self.lr,
+            "images_per_s": self.images_per_s,
+            "images_per_s_per_process": self.images_per_s / world_size,
+            "seconds": self.seconds,
+            "processes": world_size,
+        }
+
 
 def train_one_epoch(
     model: nn.Module,

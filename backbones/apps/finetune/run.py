@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from backbones.apps.finetune.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
     remove_obsolete_checkpoints,
+    resume_decision,
     save_checkpoint,
 )
 from backbones.apps.finetune.config import RESUME_FIELDS, FinetuneConfig
@@ -36,7 +36,7 @@ from backbones.apps.parallel import (
     barrier,
     broadcast_buffers,
     distributed_session,
-    restarted_by_torchrun,
+    wrap_for_training,
 )
 from backbones.data.datasets import open_dataset
 from backbones.data.loaders import make_loader, set_loader_epoch
@@ -191,13 +191,7 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
     """Open the data, build the model and its optimizer, and restore a checkpoint when resuming."""
     started = time.time()
     folder = Path(config.out).expanduser()
-    # Under torchrun --max-restarts a restarted group continues from what the killed attempt completed.
-    restarted = restarted_by_torchrun(context)
-    resume = config.resume or (restarted and latest_checkpoint(folder) is not None)
-    if not resume and latest_checkpoint(folder) is not None:
-        raise ValueError(
-            f"{folder} already holds checkpoints of a run; pass resume=True to continue it or use another output folder"
-        )
+    resume, restarted = resume_decision(folder, config.resume, context)
     # Resolved once: a Hub repo's config is fetched, a weights file read, a single time per run.
     source = resolve_training_model(config.model, config.pretrained)
     # The data is opened with the network's structure (meta device) before the real model exists,
@@ -234,12 +228,7 @@ def _prepare(config: FinetuneConfig, context: DistributedContext) -> _PreparedRu
     val_loader = make_loader(val_set, config.batch_size, training=False, workers=config.workers)
     optimizer = build_optimizer(model, config)
     schedule = build_schedule(optimizer, config, len(train_loader))
-    trained: nn.Module = model
-    if context.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [context.device.index] if context.device.type == "cuda" else None
-        trained = DistributedDataParallel(model, device_ids=device_ids)
+    trained = wrap_for_training(model, context)
     run = {k: v for k, v in config.as_dict().items() if k in RESUME_FIELDS} | {"world_size": context.world_size}
     records: list[dict[str, Any]] = []
     start = 0
@@ -314,11 +303,7 @@ def _run_epoch(config: FinetuneConfig, context: DistributedContext, prepared: _P
             "val_loss": result.loss,
             "val_top1": result.top1,
             "val_top5": result.top5,
-            "lr": stats.lr,
-            "images_per_s": stats.images_per_s,
-            "images_per_s_per_process": stats.images_per_s / context.world_size,
-            "seconds": stats.seconds,
-            "processes": context.world_size,
+            **stats.throughput_record(context.world_size),
         }
     )
     _say(
